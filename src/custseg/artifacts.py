@@ -1,0 +1,100 @@
+"""Run directories, JSON artifacts and the atomic promotion of `latest.json`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import secrets
+from typing import Any
+
+from custseg import storage
+from custseg.errors import InputError
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest.json"
+RUNS = "runs"
+MODEL_FILE = "model.skops"
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    """A sortable, unique run id: `20261128T204512Z-3fa9c1`."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def safe_run_id(run_id: str) -> str:
+    """A run id usable as a directory name (Airflow's contain `:` and `+`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id).strip("._") or "run"
+
+
+def run_dir_of(out: str, run_id: str) -> str:
+    """`OUT/runs/<run_id>`."""
+    return storage.join(out, RUNS, safe_run_id(run_id))
+
+
+def create_run_dir(out: str, run_id: str) -> str:
+    """Create a new, empty run directory; fail if the run id was used before."""
+    run_dir = run_dir_of(out, run_id)
+    if storage.is_remote(run_dir):
+        if storage.exists(storage.join(run_dir, "work", "config.json")):
+            raise InputError(f"run directory {run_dir} exists already; use a new run id")
+        return run_dir
+    path = storage.local_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        raise InputError(f"run directory {run_dir} exists already; use a new run id") from None
+    return run_dir
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Stable, readable JSON (sorted keys, 2-space indent, trailing newline)."""
+    return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def write_json(uri: str, obj: Any) -> None:
+    """Write JSON into a run directory."""
+    storage.write_bytes(uri, json_bytes(obj))
+
+
+def read_json(uri: str) -> Any:
+    """Read a JSON file."""
+    return json.loads(storage.read_bytes(uri))
+
+
+def promote(out: str, *, run_id: str, run_dir: str) -> str:
+    """Point `OUT/latest.json` at a complete run, atomically; returns its URI."""
+    if not storage.exists(storage.join(run_dir, "metrics.json")):
+        raise RuntimeError(f"refusing to promote incomplete run {run_dir}: no metrics.json")
+    target = storage.join(out, LATEST)
+    storage.replace_atomic(target, json_bytes({"run_id": run_id, "run_dir": run_dir}))
+    log.info("promoted run %s as %s", run_id, target)
+    return target
+
+
+def read_latest(out: str) -> dict[str, Any] | None:
+    """The content of `OUT/latest.json`, or None if no run was promoted yet."""
+    target = storage.join(out, LATEST)
+    if not storage.exists(target):
+        return None
+    return read_json(target)
+
+
+def resolve_run_dir(path: str) -> str:
+    """A run directory from a run directory, a model file, or an artifacts root with latest.json."""
+    text = str(path)
+    if text.endswith(".skops"):
+        return text.rsplit("/", 1)[0] if "/" in text else "."
+    if storage.exists(storage.join(text, MODEL_FILE)):
+        return text
+    latest = read_latest(text)
+    if latest is not None:
+        return str(latest["run_dir"])
+    raise InputError(
+        f"{text}: neither a run directory (no {MODEL_FILE}) nor an artifacts root "
+        f"(no {LATEST}); run `custseg run` first or pass --model RUN_DIR"
+    )

@@ -1,0 +1,257 @@
+"""`custseg` command line: run the pipeline, score new customers, generate sample data.
+
+Only this module prints. Exit codes: 0 success, 2 bad input or usage (one line on
+stderr, no traceback), 1 an unexpected internal error (message and the log's path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from custseg import __version__
+from custseg.config import (
+    DEFAULT_FEATURES,
+    DEFAULT_K_MAX,
+    DEFAULT_K_MIN,
+    DEFAULT_N_INIT,
+    DEFAULT_SEED,
+    SCALERS,
+    SELECTIONS,
+    PipelineConfig,
+)
+from custseg.errors import InputError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+log = logging.getLogger("custseg")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors: one line, exit 2
+        self.print_usage(sys.stderr)
+        raise InputError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with the `run`, `predict` and `generate` commands."""
+    parser = _Parser(
+        prog="custseg",
+        description="Customer segmentation: K-Means over a k sweep, k chosen from the SSE "
+        "curve, the model saved with skops and every run kept as a versioned artifact set.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"custseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser(
+        "run",
+        help="train on a customer table and write a new run directory",
+        description="Load and validate the table, drop unusable rows, scale the features, "
+        "fit K-Means for every k in k-min..k-max, choose k, fit the final model at that k, "
+        "predict the test customers and write OUT/runs/<run_id>/; OUT/latest.json is "
+        "replaced only when everything succeeded.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run.add_argument("--input", required=True, help="customer table: .csv, .csv.gz or .parquet")
+    run.add_argument("--test", help="new customers to assign to segments (same columns)")
+    run.add_argument(
+        "--features",
+        nargs="+",
+        default=list(DEFAULT_FEATURES),
+        metavar="NAME",
+        help="feature columns, matched case- and punctuation-insensitively",
+    )
+    run.add_argument("--k-min", type=int, default=DEFAULT_K_MIN, help="smallest k to try")
+    run.add_argument("--k-max", type=int, default=DEFAULT_K_MAX, help="largest k to try")
+    run.add_argument("--scaler", choices=SCALERS, default="minmax", help="feature scaling")
+    run.add_argument(
+        "--select",
+        choices=SELECTIONS,
+        default=PipelineConfig().select,
+        help="how k is chosen from the sweep",
+    )
+    run.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
+    run.add_argument(
+        "--n-init", type=int, default=DEFAULT_N_INIT, help="K-Means initialisations per k"
+    )
+    run.add_argument("--out", default="artifacts", help="artifacts root (OUT)")
+    run.add_argument("--run-id", help="name of the run directory (default: time + random)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    pred = sub.add_parser(
+        "predict",
+        help="assign new customers to segments with a saved model",
+        description="Score a table with a saved model: the scaler inside the model scales "
+        "the new customers exactly like the training data.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pred.add_argument(
+        "--model",
+        default="artifacts",
+        help="run directory, model.skops, or artifacts root (uses latest.json)",
+    )
+    pred.add_argument("--input", required=True, help="customers to score")
+    pred.add_argument("--out", default="predictions.csv", help="output CSV")
+
+    gen = sub.add_parser(
+        "generate",
+        help="write synthetic customers in the Mall Customers layout",
+        description="Synthetic customers around known segment centers, with a ground-truth "
+        "'segment' column; .csv, .csv.gz or .parquet by the extension of --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    gen.add_argument("--rows", type=int, required=True, help="number of customers")
+    gen.add_argument("--segments", type=int, default=5, help="true number of segments")
+    gen.add_argument("--seed", type=int, default=0, help="random seed")
+    gen.add_argument("--out", required=True, help="output file")
+    gen.add_argument("--no-truth", action="store_true", help="omit the 'segment' column")
+    return parser
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr: `sweep [####    ] 20/50 k=20 3.1s 6.4 k/s`."""
+
+    def __init__(self, label: str, *, enabled: bool) -> None:
+        self.label, self.enabled, self.start = label, enabled, time.perf_counter()
+
+    def __call__(self, done: int, total: int, k: int, sse: float) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        width = 30
+        fill = int(width * done / total)
+        rate = done / elapsed if elapsed > 0 else 0.0
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * fill}{' ' * (width - fill)}] {done}/{total} k={k} "
+            f"{elapsed:.1f}s {rate:.1f} k/s"
+        )
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _setup_logging(verbose: bool, log_file: Path | None) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def _print_segments(segments: list[dict[str, Any]]) -> None:
+    print(f"  {'seg':>3}  {'size':>7}  {'share':>6}  label")
+    for s in segments:
+        print(f"  {s['segment']:>3}  {s['size']:>7}  {s['share'] * 100:5.1f}%  {s['label']}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train and report."""
+    from custseg import artifacts, storage
+    from custseg.pipeline import run_pipeline
+
+    config = PipelineConfig(
+        features=tuple(args.features), k_min=args.k_min, k_max=args.k_max, scaler=args.scaler,
+        select=args.select, seed=args.seed, n_init=args.n_init,
+    )  # fmt: skip
+    bar = ProgressBar("sweep", enabled=not args.no_progress and sys.stderr.isatty())
+    summary = run_pipeline(config, input_path=args.input, out=args.out, test_path=args.test,
+                           run_id=args.run_id, progress=bar)  # fmt: skip
+    metrics = artifacts.read_json(storage.join(summary["run_dir"], "metrics.json"))
+    dropped = metrics["n_rows_dropped"]
+    print(f"custseg run {metrics['run_id']}  ({summary['seconds']}s)")
+    print(f"rows: {metrics['n_rows_read']} read, {metrics['n_rows_used']} used, dropped: "
+          + (", ".join(f"{v} {k}" for k, v in dropped.items()) or "none"))  # fmt: skip
+    print(f"features: {', '.join(metrics['features'])} (scaler: {metrics['scaler']})")
+    print(f"chosen k = {metrics['chosen_k']} by {metrics['selection']['method']}: "
+          f"{metrics['selection']['reason']}")  # fmt: skip
+    _print_segments(metrics["segments"])
+    for w in metrics["warnings"]:
+        print(f"warning: {w}")
+    if metrics.get("predictions"):
+        p = metrics["predictions"]
+        print(f"predictions: {p['n_rows']} customers -> {p['path']}")
+    print(f"artifacts: {summary['run_dir']}")
+    print(f"report: {storage.join(summary['run_dir'], 'report.html')}")
+    print(f"latest: {summary['latest']}")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Score new customers with a saved model."""
+    from custseg import artifacts, storage
+    from custseg.io import load_customers
+    from custseg.model import load_model, model_info, predict_segments
+
+    run_dir = artifacts.resolve_run_dir(args.model)
+    model = load_model(storage.join(run_dir, artifacts.MODEL_FILE))
+    info = artifacts.read_json(storage.join(run_dir, "metrics.json"))
+    pre = artifacts.read_json(storage.join(run_dir, "work", "preprocess.json"))
+    table = load_customers(args.input, features=model_info(model).features)
+    pred = predict_segments(model, table, train_min=pre["feature_min"],
+                            train_max=pre["feature_max"])  # fmt: skip
+    pred.to_csv(args.out, index=False)
+    labels = {s["segment"]: s["label"] for s in info["segments"]}
+    counts = pred["segment"].value_counts().sort_index()
+    print(f"model: {run_dir} (k={model_info(model).k})")
+    print(f"scored {len(pred)} customers -> {args.out}")
+    for seg, n in counts.items():
+        print(f"  segment {seg}: {n}  ({labels.get(int(seg), '')})")
+    far = int((pred["out_of_range"] != "").sum())
+    if far:
+        print(f"warning: {far} customer(s) far outside the training range (see out_of_range)")
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Write synthetic customers."""
+    from custseg.generate import generate_customers, write_table
+
+    start = time.perf_counter()
+    frame = generate_customers(args.rows, segments=args.segments, seed=args.seed)
+    if args.no_truth:
+        frame = frame.drop(columns=["segment"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_table(frame, args.out)
+    print(f"wrote {len(frame)} customers ({args.segments} segments) to {args.out} "
+          f"in {time.perf_counter() - start:.1f}s")  # fmt: skip
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `custseg` command."""
+    parser = build_parser()
+    log_file: Path | None = None
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "run":
+            log_file = Path(args.out) / "custseg.log"
+        _setup_logging(args.verbose, log_file)
+        handler = {"run": cmd_run, "predict": cmd_predict, "generate": cmd_generate}
+        return handler[args.command](args)
+    except InputError as exc:
+        print(f"custseg: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("custseg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        log.exception("internal error")
+        where = f"; details in {log_file}" if log_file else ""
+        print(f"custseg: internal error: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,465 @@
+"""Load and validate a customer table from CSV (plain or compressed) or Parquet.
+
+Reading goes through pyarrow and only the columns the run needs are converted to floats.
+Every problem a user can fix becomes one `InputError` line naming the file, the column,
+the line or value, and what to do.
+"""
+
+from __future__ import annotations
+
+import bz2
+import difflib
+import gzip
+import hashlib
+import io
+import logging
+import lzma
+import re
+import zipfile
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from custseg import storage
+from custseg.config import DEFAULT_FEATURES
+from custseg.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MISSING_TOKENS: tuple[str, ...] = (
+    "", "?", "NA", "N/A", "na", "n/a", "NaN", "nan", "null", "NULL", "None", "none", "-",
+)  # fmt: skip
+DELIMITERS: tuple[str, ...] = (",", ";", "\t", "|")
+ID_NAMES: tuple[str, ...] = ("customerid", "customer", "custid", "clientid", "id")
+_ALIASES = {"gender": "genre"}  # Mall Customers files use either name for the same column
+_HEAD_BYTES = 1 << 16
+_MAX_REPORTED = 5
+
+_MAGIC = {
+    b"PAR1": "parquet",
+    b"\x1f\x8b": "gzip",
+    b"PK\x03\x04": "zip",
+    b"BZh": "bz2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+
+
+@dataclass(frozen=True)
+class CustomerTable:
+    """A loaded customer table with its features resolved to real column names.
+
+    `frame` holds the id column (if any) and the features as float64 (missing, non-numeric
+    and infinite cells are NaN); `invalid` lists, per reason, the row positions whose
+    feature cells were not numbers; `line_of` turns a row position into a line the user
+    can find in the file.
+    """
+
+    frame: pd.DataFrame
+    features: tuple[str, ...]
+    id_column: str | None
+    source: str
+    file_format: str
+    n_rows_read: int
+    sha256: str
+    invalid: dict[str, np.ndarray] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def line_of(self, row: int) -> int:
+        """1-based line of data row `row` (the header is line 1); Parquet rows count from 1."""
+        return row + 2 if self.file_format != "parquet" else row + 1
+
+
+def normalize_name(name: str) -> str:
+    """Lower-case a column name and drop everything that is not a letter or a digit."""
+    return re.sub(r"[^0-9a-z]", "", str(name).lower())
+
+
+def _name_keys(name: str) -> set[str]:
+    """Names a column answers to: with and without its bracketed unit, with aliases."""
+    full = normalize_name(name)
+    bare = normalize_name(re.sub(r"\(.*?\)|\[.*?\]", "", str(name)))
+    keys = {k for k in (full, bare) if k}
+    keys |= {_ALIASES[k] for k in keys if k in _ALIASES}
+    return keys
+
+
+def resolve_column(wanted: str, columns: list[str], *, source: str) -> str:
+    """The one column of `columns` that `wanted` names, or an `InputError` with suggestions."""
+    if wanted in columns:
+        return wanted
+    keys = _name_keys(wanted)
+    hits = [c for c in columns if _name_keys(c) & keys]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise InputError(
+            f"{source}: feature {wanted!r} matches several columns {hits}; name one exactly"
+        )
+    by_norm = {normalize_name(c): c for c in columns}
+    close = difflib.get_close_matches(normalize_name(wanted), list(by_norm), n=3, cutoff=0.5)
+    hint = f"; closest: {', '.join(repr(by_norm[c]) for c in close)}" if close else ""
+    raise InputError(
+        f"{source}: required column {wanted!r} not found (columns: {columns}){hint}; "
+        "rename the column or pass --features"
+    )
+
+
+def find_id_column(columns: list[str]) -> str | None:
+    """The customer-id column, if the table has one (`CustomerID`, `customer_id`, `id`, ...)."""
+    by_norm = {normalize_name(c): c for c in columns}
+    for name in ID_NAMES:
+        if name in by_norm:
+            return by_norm[name]
+    return None
+
+
+def file_sha256(uri: str) -> str:
+    """SHA-256 of the file's bytes, streamed."""
+    digest = hashlib.sha256()
+    with storage.open_file(uri, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_path(uri: str) -> None:
+    if storage.is_remote(uri):
+        if not storage.exists(uri):
+            raise InputError(f"{uri}: file not found; check the path or URI")
+        return
+    path = storage.local_path(uri)
+    if not path.exists():
+        raise InputError(f"{uri}: file not found; check the path (cwd-relative) or pass --input")
+    if path.is_dir():
+        raise InputError(f"{uri}: is a directory, not a file; point at the CSV or Parquet file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{uri}: file is empty (0 bytes); export the customer table again")
+
+
+def sniff_format(uri: str) -> str:
+    """`parquet`, a compression (`gzip`, `zip`, `bz2`, `xz`, `zstd`) or `csv`, by magic bytes."""
+    with storage.open_file(uri, "rb") as fh:
+        head = fh.read(8)
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return "csv"
+
+
+def _open_text_stream(uri: str, kind: str) -> IO[bytes]:
+    """A binary stream of the decompressed CSV bytes."""
+    raw = storage.open_file(uri, "rb")
+    if kind == "csv":
+        return raw
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=raw)
+    if kind == "bz2":
+        return bz2.BZ2File(raw)
+    if kind == "xz":
+        return lzma.LZMAFile(raw)
+    if kind == "zip":
+        archive = zipfile.ZipFile(raw)
+        members = [m for m in archive.namelist() if not m.endswith("/")]
+        if len(members) != 1:
+            raise InputError(
+                f"{uri}: zip archive holds {len(members)} files {members[:5]}; "
+                "it must hold exactly one CSV"
+            )
+        return archive.open(members[0])
+    if kind == "zstd":
+        import pyarrow as pa
+
+        return pa.input_stream(str(storage.local_path(uri)), compression="zstd")
+    raise InputError(f"{uri}: unsupported compression {kind!r}")
+
+
+def _decode_head(uri: str, head: bytes) -> str:
+    if b"\x00" in head:
+        raise InputError(
+            f"{uri}: looks binary (NUL bytes), not a CSV text file; export it as CSV or Parquet"
+        )
+    if len(head) == _HEAD_BYTES and b"\n" in head:
+        head = head[: head.rindex(b"\n") + 1]
+    try:
+        return head.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = head[: exc.start].count(b"\n") + 1
+        bad = head[exc.start : exc.start + 1].hex()
+        raise InputError(
+            f"{uri}: not UTF-8 text (byte 0x{bad} on line {line}); "
+            "re-save the file as UTF-8 (Excel: 'CSV UTF-8')"
+        ) from None
+
+
+def _split_header(uri: str, text: str) -> tuple[list[str], str]:
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    if not first:
+        raise InputError(f"{uri}: file has no header line (only blank lines)")
+    counts = {d: first.count(d) for d in DELIMITERS}
+    delimiter = max(DELIMITERS, key=lambda d: counts[d])
+    if counts[delimiter] == 0:
+        delimiter = ","
+    import csv
+
+    header = next(csv.reader([first], delimiter=delimiter))
+    header = [h.strip() for h in header]
+    return header, delimiter
+
+
+def _check_header(uri: str, header: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for pos, name in enumerate(header, start=1):
+        if name in seen:
+            raise InputError(
+                f"{uri}: duplicate column name {name!r} (columns {seen[name]} and {pos}); "
+                "rename one of them"
+            )
+        seen[name] = pos
+
+
+def _read_csv_arrow(
+    uri: str, kind: str, delimiter: str, header: list[str], wanted: list[str], as_text: set[str]
+) -> Any:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    types = {c: (pa.string() if c in as_text else pa.float64()) for c in wanted}
+    convert = pacsv.ConvertOptions(
+        include_columns=wanted,
+        column_types=types,
+        null_values=list(MISSING_TOKENS),
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
+    )
+    read = pacsv.ReadOptions(column_names=header, skip_rows=1, block_size=1 << 24)
+    parse = pacsv.ParseOptions(delimiter=delimiter)
+    with _open_text_stream(uri, kind) as stream:
+        data = stream.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    return pacsv.read_csv(pa.BufferReader(data), read, parse, convert)
+
+
+def _arrow_error(uri: str, exc: Exception) -> InputError:
+    msg = str(exc).strip().splitlines()[0]
+    if "invalid UTF8" in msg or "UTF8" in msg:
+        return InputError(
+            f"{uri}: not valid UTF-8 text ({msg}); re-save the file as UTF-8 (Excel: 'CSV UTF-8')"
+        )
+    if "Expected" in msg and "columns" in msg:
+        return InputError(
+            f"{uri}: a row has a different number of fields than the header ({msg}); "
+            "check quoting and the delimiter"
+        )
+    return InputError(f"{uri}: cannot parse as CSV ({msg})")
+
+
+def _coerce_numeric(
+    uri: str, column: str, text: pd.Series, line_of: Any
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Floats of a text column, the rows that held non-numbers, and warnings naming them."""
+    stripped = text.astype("string").str.strip()
+    values = pd.to_numeric(stripped, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    present = stripped.notna().to_numpy()
+    bad = np.flatnonzero(present & np.isnan(values))
+    n_present = int(present.sum())
+    warnings: list[str] = []
+    if bad.size:
+        examples = ", ".join(f"line {line_of(int(r))}: {stripped.iloc[r]!r}" for r in bad[:3])
+        if bad.size * 2 > n_present:
+            raise InputError(
+                f"{uri}: column {column!r} is not numeric ({bad.size} of {n_present} values are "
+                f"text, e.g. {examples}); choose numeric features with --features"
+            )
+        warnings.append(
+            f"{uri}: column {column!r} has {bad.size} non-numeric value(s) ({examples}"
+            f"{', ...' if bad.size > 3 else ''}); those rows are dropped"
+        )
+    return values, bad, warnings
+
+
+def load_customers(
+    source: str,
+    *,
+    features: tuple[str, ...] | list[str] = DEFAULT_FEATURES,
+    id_column: str | None = None,
+) -> CustomerTable:
+    """Read the id column and the feature columns of a CSV or Parquet customer table.
+
+    Raises `InputError` for anything the user must fix; rows with missing, non-numeric or
+    infinite features are kept as NaN and reported, so preprocessing can drop and count them.
+    """
+    uri = str(source)
+    _check_path(uri)
+    kind = sniff_format(uri)
+    warnings: list[str] = []
+    if kind == "parquet":
+        frame, header = _read_parquet(uri, features, id_column)
+        file_format = "parquet"
+    else:
+        file_format = "csv" if kind == "csv" else f"csv+{kind}"
+        with _open_text_stream(uri, kind) as stream:
+            head = stream.read(_HEAD_BYTES)
+        if not head.strip():
+            raise InputError(f"{uri}: file is empty (no header, no rows); export the table again")
+        text = _decode_head(uri, head)
+        header, delimiter = _split_header(uri, text)
+        _check_header(uri, header)
+        if delimiter != ",":
+            log.info("%s: detected delimiter %r", uri, delimiter)
+        feats = [resolve_column(f, header, source=uri) for f in features]
+        idc = resolve_column(id_column, header, source=uri) if id_column else find_id_column(header)
+        wanted = ([idc] if idc else []) + [f for f in feats if f != idc]
+        as_text = {idc} if idc else set()
+        import pyarrow as pa
+
+        try:
+            table = _read_csv_arrow(uri, kind, delimiter, header, wanted, as_text)
+        except pa.ArrowInvalid as exc:
+            if "conversion error" not in str(exc).lower() and "CSV conversion" not in str(exc):
+                raise _arrow_error(uri, exc) from None
+            try:
+                table = _read_csv_arrow(uri, kind, delimiter, header, wanted, set(wanted))
+            except pa.ArrowInvalid as exc2:
+                raise _arrow_error(uri, exc2) from None
+        frame = table.to_pandas()
+        header = list(header)
+    n_rows = len(frame)
+    if n_rows == 0:
+        raise InputError(f"{uri}: header only, no data rows; the table has no customers")
+
+    feats = [resolve_column(f, list(frame.columns), source=uri) for f in features]
+    idc = id_column and resolve_column(id_column, list(frame.columns), source=uri)
+    idc = idc or find_id_column(list(frame.columns))
+
+    def line_of(row: int) -> int:
+        return row + 2 if file_format != "parquet" else row + 1
+
+    invalid_rows: dict[str, list[np.ndarray]] = {"non_numeric": [], "non_finite": []}
+    out = pd.DataFrame(index=pd.RangeIndex(n_rows))
+    if idc:
+        out[idc] = frame[idc].astype("string").to_numpy()
+    for col in feats:
+        series = frame[col]
+        if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(
+            series.dtype
+        ):
+            values = series.to_numpy(dtype="float64", na_value=np.nan)
+        else:
+            values, bad, more = _coerce_numeric(uri, col, series, line_of)
+            invalid_rows["non_numeric"].append(bad)
+            warnings.extend(more)
+        infinite = np.flatnonzero(np.isinf(values))
+        if infinite.size:
+            lines = ", ".join(str(line_of(int(r))) for r in infinite[:_MAX_REPORTED])
+            warnings.append(
+                f"{uri}: column {col!r} has {infinite.size} infinite value(s) (line {lines}"
+                f"{', ...' if infinite.size > _MAX_REPORTED else ''}); those rows are dropped"
+            )
+            values = values.copy()
+            values[infinite] = np.nan
+            invalid_rows["non_finite"].append(infinite)
+        out[col] = values
+    invalid = {
+        reason: np.unique(np.concatenate(parts)) if parts else np.array([], dtype=np.int64)
+        for reason, parts in invalid_rows.items()
+    }
+    for w in warnings:
+        log.warning("%s", w)
+    log.info("read %d rows from %s (%s); features %s", n_rows, uri, file_format, feats)
+    return CustomerTable(
+        frame=out,
+        features=tuple(feats),
+        id_column=idc or None,
+        source=uri,
+        file_format=file_format,
+        n_rows_read=n_rows,
+        sha256=file_sha256(uri),
+        invalid={k: v for k, v in invalid.items() if v.size},
+        warnings=tuple(warnings),
+    )
+
+
+def _read_parquet(
+    uri: str, features: tuple[str, ...] | list[str], id_column: str | None
+) -> tuple[pd.DataFrame, list[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with storage.open_file(uri, "rb") as fh:
+            pf = pq.ParquetFile(io.BytesIO(fh.read()) if storage.is_remote(uri) else fh)
+            header = list(pf.schema_arrow.names)
+            _check_header(uri, header)
+            feats = [resolve_column(f, header, source=uri) for f in features]
+            idc = (
+                resolve_column(id_column, header, source=uri)
+                if id_column
+                else find_id_column(header)
+            )
+            wanted = ([idc] if idc else []) + [f for f in feats if f != idc]
+            table = pf.read(columns=wanted)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{uri}: not a readable Parquet file ({exc})") from None
+    return table.to_pandas(), header
+
+
+def save_table(table: CustomerTable, uri: str) -> None:
+    """Write a loaded table to Parquet with everything `read_table` needs to rebuild it."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = table.frame.copy()
+    reason = np.full(len(frame), "", dtype=object)
+    for why, rows in table.invalid.items():
+        reason[rows] = why
+    frame["__invalid"] = reason.astype(str)
+    arrow = pa.Table.from_pandas(frame, preserve_index=False)
+    meta = {
+        "features": list(table.features),
+        "id_column": table.id_column,
+        "source": table.source,
+        "file_format": table.file_format,
+        "n_rows_read": table.n_rows_read,
+        "sha256": table.sha256,
+        "warnings": list(table.warnings),
+    }
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
+                                           b"custseg": json.dumps(meta).encode()})  # fmt: skip
+    buf = pa.BufferOutputStream()
+    pq.write_table(arrow, buf)
+    storage.write_bytes(uri, buf.getvalue().to_pybytes())
+
+
+def read_table(uri: str) -> CustomerTable:
+    """Read back a table written by `save_table`."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    with storage.open_file(uri, "rb") as fh:
+        arrow = pq.read_table(fh)
+    meta = json.loads(arrow.schema.metadata[b"custseg"])
+    frame = arrow.to_pandas()
+    reason = frame.pop("__invalid").to_numpy(dtype=object)
+    invalid = {
+        why: np.flatnonzero(reason == why) for why in ("non_numeric", "non_finite")
+        if (reason == why).any()
+    }  # fmt: skip
+    return CustomerTable(
+        frame=frame,
+        features=tuple(meta["features"]),
+        id_column=meta["id_column"],
+        source=meta["source"],
+        file_format=meta["file_format"],
+        n_rows_read=int(meta["n_rows_read"]),
+        sha256=meta["sha256"],
+        invalid=invalid,
+        warnings=tuple(meta["warnings"]),
+    )

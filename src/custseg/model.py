@@ -1,0 +1,187 @@
+"""The final segmentation model: one scikit-learn `Pipeline(scaler, KMeans)`, kept with skops."""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from custseg import storage
+from custseg.errors import InputError, UntrustedModelError
+from custseg.preprocess import make_scaler
+from custseg.sweep import make_kmeans
+
+log = logging.getLogger(__name__)
+
+TRUSTED_TYPES: tuple[str, ...] = (
+    "sklearn.pipeline.Pipeline",
+    "sklearn.cluster._kmeans.KMeans",
+    "sklearn.preprocessing._data.MinMaxScaler",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.preprocessing._data.RobustScaler",
+)
+"""The only estimator classes a model file may contain."""
+
+_PLAIN_TYPES = frozenset(
+    {
+        "builtins.dict", "builtins.list", "builtins.tuple", "builtins.str", "builtins.int",
+        "builtins.float", "builtins.bool", "builtins.NoneType", "numpy.ndarray",
+        "numpy.float64", "numpy.float32", "numpy.int64", "numpy.int32", "numpy.dtype",
+    }
+)  # fmt: skip
+
+
+def fit_segments(
+    X: np.ndarray, features: tuple[str, ...], *, k: int, scaler: str, seed: int, n_init: int
+) -> Any:
+    """Fit `Pipeline(scaler, KMeans(k))` on unscaled rows, with the sweep's random state for k.
+
+    The pipeline is fit on a DataFrame, so it remembers the feature names it needs.
+    """
+    from sklearn.pipeline import Pipeline
+
+    pipeline = Pipeline(
+        [("scaler", make_scaler(scaler)), ("kmeans", make_kmeans(k, seed=seed, n_init=n_init))]
+    )
+    pipeline.fit(pd.DataFrame(X, columns=list(features)))
+    log.info("final model: k=%d, SSE=%.6g, %d iterations", k, pipeline[-1].inertia_,
+             pipeline[-1].n_iter_)  # fmt: skip
+    return pipeline
+
+
+def save_model(model: Any, uri: str) -> None:
+    """Write the fitted pipeline as a skops file."""
+    import skops.io as sio
+
+    storage.write_bytes(uri, sio.dumps(model))
+
+
+def _schema_types(data: bytes) -> set[str]:
+    with zipfile.ZipFile(_bytes_io(data)) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "__class__" in node and "__module__" in node:
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return found
+
+
+def _bytes_io(data: bytes) -> Any:
+    import io
+
+    return io.BytesIO(data)
+
+
+def untrusted_types(data: bytes) -> list[str]:
+    """Types in a skops file that are neither plain data nor in `TRUSTED_TYPES`."""
+    import skops.io as sio
+
+    declared = set(sio.get_untrusted_types(data=data)) | _schema_types(data)
+    return sorted(t for t in declared if t not in TRUSTED_TYPES and t not in _PLAIN_TYPES)
+
+
+def load_model(uri: str) -> Any:
+    """Load a skops model, refusing any file that holds a type outside `TRUSTED_TYPES`."""
+    import skops.io as sio
+
+    if not storage.exists(uri):
+        raise InputError(f"{uri}: model file not found; run `custseg run` first or pass --model")
+    data = storage.read_bytes(uri)
+    try:
+        bad = untrusted_types(data)
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+        raise InputError(f"{uri}: not a skops model file ({exc}); retrain the model") from None
+    if bad:
+        raise UntrustedModelError(
+            f"{uri}: refusing to load model: it contains untrusted types {bad}; "
+            "only scikit-learn scalers, KMeans and Pipeline are allowed"
+        )
+    return sio.loads(data, trusted=list(TRUSTED_TYPES))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a saved model needs and knows: features, k, training ranges, centroids."""
+
+    features: tuple[str, ...]
+    k: int
+    centroids: np.ndarray
+    feature_min: np.ndarray
+    feature_max: np.ndarray
+
+
+def model_info(model: Any) -> ModelInfo:
+    """Features, k and centroids (in original units) of a fitted pipeline."""
+    features = tuple(str(f) for f in model.feature_names_in_)
+    kmeans = model[-1]
+    scaler = model[0]
+    centers = kmeans.cluster_centers_
+    if scaler != "passthrough" and scaler is not None:
+        centers = scaler.inverse_transform(centers)
+    lo = getattr(scaler, "data_min_", None)
+    hi = getattr(scaler, "data_max_", None)
+    return ModelInfo(
+        features=features,
+        k=int(kmeans.n_clusters),
+        centroids=np.asarray(centers, dtype=np.float64),
+        feature_min=np.asarray(lo if lo is not None else np.full(len(features), np.nan)),
+        feature_max=np.asarray(hi if hi is not None else np.full(len(features), np.nan)),
+    )
+
+
+OUT_OF_RANGE_MARGIN = 0.10
+"""A test value is flagged when it lies beyond the training range by over 10% of its width."""
+
+
+def predict_segments(
+    model: Any, table: Any, *, train_min: list[float], train_max: list[float]
+) -> pd.DataFrame:
+    """Segment of each customer of a loaded table, through the saved (scaling) pipeline.
+
+    Rows missing a feature get no segment and say why; values far outside the training
+    range are flagged in `out_of_range` (the features named), since the model extrapolates.
+    """
+    info = model_info(model)
+    X = table.frame[list(table.features)].to_numpy(dtype=np.float64)
+    ok = ~np.isnan(X).any(axis=1)
+    segments = np.full(len(X), -1, dtype=np.int64)
+    distance = np.full(len(X), np.nan)
+    if ok.any():
+        frame = pd.DataFrame(X[ok], columns=list(info.features))
+        segments[ok] = model.predict(frame)
+        dists = model.transform(frame)
+        distance[ok] = dists[np.arange(len(dists)), segments[ok]]
+    lo, hi = np.asarray(train_min), np.asarray(train_max)
+    margin = (hi - lo) * OUT_OF_RANGE_MARGIN
+    outside = (X < lo - margin) | (X > hi + margin)
+    flags = [
+        ";".join(f for f, bad in zip(info.features, row, strict=True) if bad) for row in outside
+    ]
+    ids = (
+        table.frame[table.id_column].to_numpy(dtype=object)
+        if table.id_column
+        else np.arange(1, len(X) + 1)
+    )
+    out = pd.DataFrame({table.id_column or "row": ids})
+    for j, f in enumerate(table.features):
+        out[f] = X[:, j]
+    out["segment"] = pd.array(np.where(ok, segments, -1), dtype="Int64").astype("Int64")
+    out.loc[~ok, "segment"] = pd.NA
+    out["distance"] = np.round(distance, 6)
+    out["out_of_range"] = flags
+    out["note"] = np.where(ok, "", "missing feature")
+    return out

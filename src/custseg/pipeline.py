@@ -1,0 +1,348 @@
+"""The pipeline as four stages over a run directory, shared by the CLI and the Airflow DAG.
+
+Each stage reads what the previous one wrote into `OUT/runs/<run_id>/` and returns a small
+JSON-ready dict, so Airflow tasks hand each other paths, never data. `run_pipeline` runs
+the four in order for the CLI; both produce the same artifacts for the same input and seed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import platform
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from custseg import __version__, artifacts, storage
+from custseg.config import PipelineConfig
+from custseg.errors import InputError
+from custseg.sweep import Progress
+
+log = logging.getLogger(__name__)
+
+WORK = "work"
+
+
+def _work(run_dir: str, name: str) -> str:
+    return storage.join(run_dir, WORK, name)
+
+
+def _config(run_dir: str) -> tuple[PipelineConfig, dict[str, Any]]:
+    state = artifacts.read_json(_work(run_dir, "run.json"))
+    return PipelineConfig.from_dict(state["config"]), state
+
+
+def start_run(
+    config: PipelineConfig,
+    *,
+    input_path: str,
+    out: str,
+    test_path: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Create the run directory and record the run's config and inputs in it."""
+    config.validate()
+    run_id = artifacts.safe_run_id(run_id) if run_id else artifacts.new_run_id()
+    run_dir = artifacts.create_run_dir(out, run_id)
+    storage.makedirs(storage.join(run_dir, WORK))
+    state = {
+        "run_id": run_id,
+        "run_dir": run_dir,
+        "out": str(out),
+        "input": str(input_path),
+        "test": str(test_path) if test_path else None,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+    }
+    artifacts.write_json(_work(run_dir, "run.json"), state)
+    log.info("run %s started in %s", run_id, run_dir)
+    return {"run_id": run_id, "run_dir": run_dir}
+
+
+def load_stage(run_dir: str) -> dict[str, Any]:
+    """Load and validate the input table; write it to `work/customers.parquet`."""
+    from custseg.io import load_customers, save_table
+
+    config, state = _config(run_dir)
+    table = load_customers(state["input"], features=config.features)
+    save_table(table, _work(run_dir, "customers.parquet"))
+    result = {
+        "run_dir": run_dir,
+        "n_rows_read": table.n_rows_read,
+        "features": list(table.features),
+        "id_column": table.id_column,
+        "file_format": table.file_format,
+    }
+    log.info("load: %d rows, features %s, id column %s", table.n_rows_read, list(table.features),
+             table.id_column)  # fmt: skip
+    return result
+
+
+def preprocess_stage(run_dir: str) -> dict[str, Any]:
+    """Drop and count unusable rows; write `work/features.parquet` and `work/preprocess.json`."""
+    from custseg.io import read_table
+    from custseg.preprocess import prepare_features
+
+    table = read_table(_work(run_dir, "customers.parquet"))
+    data = prepare_features(table)
+    buf = io.BytesIO()
+    data.to_frame().to_parquet(buf, index=False)
+    storage.write_bytes(_work(run_dir, "features.parquet"), buf.getvalue())
+    info = {
+        "run_dir": run_dir,
+        "features": list(data.features),
+        "id_column": data.id_column,
+        "n_rows_read": data.n_rows_read,
+        "n_rows_used": data.n_rows_used,
+        "n_rows_dropped": data.dropped,
+        "n_distinct": data.n_distinct,
+        "feature_min": [float(v) for v in data.X.min(axis=0)],
+        "feature_max": [float(v) for v in data.X.max(axis=0)],
+        "warnings": list(data.warnings),
+    }
+    artifacts.write_json(_work(run_dir, "preprocess.json"), info)
+    return info
+
+
+def _features(run_dir: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    info = artifacts.read_json(_work(run_dir, "preprocess.json"))
+    with storage.open_file(_work(run_dir, "features.parquet"), "rb") as fh:
+        frame = pd.read_parquet(fh)
+    X = frame[info["features"]].to_numpy(dtype=np.float64)
+    ids = frame[info["id_column"]].to_numpy(dtype=object) if info["id_column"] else None
+    return X, ids, info
+
+
+def plan_sweep(run_dir: str, *, batches: int = 1) -> list[list[int]]:
+    """The ks to sweep (k_max clamped to the distinct points), split into `batches` lists."""
+    from custseg.sweep import k_range
+
+    config, _ = _config(run_dir)
+    info = artifacts.read_json(_work(run_dir, "preprocess.json"))
+    ks = k_range(k_min=config.k_min, k_max=config.k_max, n_distinct=info["n_distinct"])
+    batches = max(1, min(int(batches), len(ks)))
+    return [[int(k) for k in part] for part in np.array_split(ks, batches)]
+
+
+def sweep_stage(
+    run_dir: str, ks: list[int] | None = None, *, progress: Progress | None = None
+) -> list[dict[str, Any]]:
+    """SSE for each k of `ks` (default: the whole planned range) as `{"k", "sse"}` dicts."""
+    from custseg.preprocess import scale_features
+    from custseg.sweep import sweep_k
+
+    config, _ = _config(run_dir)
+    if ks is None:
+        ks = [k for part in plan_sweep(run_dir) for k in part]
+    X, _, _ = _features(run_dir)
+    Xs = scale_features(X, scaler=config.scaler)
+    result = sweep_k(Xs, ks, seed=config.seed, n_init=config.n_init, progress=progress)
+    return [
+        {"k": k, "sse": sse, "seconds": round(result.seconds / len(ks), 4)}
+        for k, sse in zip(result.ks, result.sse, strict=True)
+    ]
+
+
+def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Choose k from the sweep, fit the final model at that k, write model and plots."""
+    from custseg.model import fit_segments, save_model
+    from custseg.preprocess import scale_features
+    from custseg.report import elbow_png, profile_segments, segments_png
+    from custseg.select import choose_k
+    from custseg.sweep import SweepResult
+
+    config, _ = _config(run_dir)
+    X, ids, info = _features(run_dir)
+    sweep = SweepResult.from_points(points, n_rows=len(X))
+    expected = [k for part in plan_sweep(run_dir) for k in part]
+    if list(sweep.ks) != expected:
+        raise RuntimeError(f"sweep covered ks {list(sweep.ks)}, expected {expected}")
+    Xs = scale_features(X, scaler=config.scaler)
+    selection = choose_k(sweep, method=config.select, X=Xs, seed=config.seed)
+    k = selection.chosen_k
+    log.info("chose k=%d (%s): %s", k, selection.method, selection.reason)
+    model = fit_segments(
+        X, tuple(info["features"]), k=k, scaler=config.scaler, seed=config.seed,
+        n_init=config.n_init,
+    )  # fmt: skip
+    save_model(model, storage.join(run_dir, artifacts.MODEL_FILE))
+    labels = model[-1].labels_
+    from custseg.model import model_info
+
+    centroids = model_info(model).centroids
+    profile = profile_segments(X, labels, centroids, tuple(info["features"]))
+    storage.write_bytes(storage.join(run_dir, "profile.csv"), profile.to_csv(index=False).encode())
+    sse_csv = pd.DataFrame({"k": sweep.ks, "sse": sweep.sse}).to_csv(
+        index=False, float_format="%.10g"
+    )
+    storage.write_bytes(storage.join(run_dir, "sse.csv"), sse_csv.encode())
+    storage.write_bytes(
+        storage.join(run_dir, "elbow.png"),
+        elbow_png(
+            list(sweep.ks), list(sweep.sse), chosen_k=k, knee=selection.details.get("knee")
+        ),  # fmt: skip
+    )
+    storage.write_bytes(
+        storage.join(run_dir, "segments.png"),
+        segments_png(
+            X, labels, centroids, tuple(info["features"]), list(profile["label"]), seed=config.seed
+        ),  # fmt: skip
+    )
+    assignments = pd.DataFrame({"segment": labels.astype(np.int64)})
+    if ids is not None:
+        assignments.insert(0, info["id_column"], ids)
+    buf = io.BytesIO()
+    assignments.to_parquet(buf, index=False)
+    storage.write_bytes(storage.join(run_dir, "assignments.parquet"), buf.getvalue())
+    train = {
+        "run_dir": run_dir,
+        "chosen_k": k,
+        "selection": selection.to_dict(),
+        "sse": {str(kk): v for kk, v in zip(sweep.ks, sweep.sse, strict=True)},
+        "k_range": [sweep.ks[0], sweep.ks[-1]],
+        "final_sse": float(model[-1].inertia_),
+        "sweep_seconds": round(sweep.seconds, 3),
+    }
+    artifacts.write_json(_work(run_dir, "train.json"), train)
+    return {"run_dir": run_dir, "chosen_k": k, "reason": selection.reason}
+
+
+def train_stage(run_dir: str, *, progress: Progress | None = None) -> dict[str, Any]:
+    """Sweep the whole k range, then choose k and fit the final model (one task's work)."""
+    return fit_stage(run_dir, sweep_stage(run_dir, progress=progress))
+
+
+def finish_stage(run_dir: str) -> dict[str, Any]:
+    """Reload the saved model, predict the test customers, write metrics and report, promote.
+
+    `latest.json` is replaced only here, as the very last step, so a run that fails
+    anywhere before leaves the previous promotion untouched.
+    """
+    import sklearn
+
+    from custseg.io import load_customers
+    from custseg.model import load_model, model_info, predict_segments
+    from custseg.report import report_html
+
+    config, state = _config(run_dir)
+    info = artifacts.read_json(_work(run_dir, "preprocess.json"))
+    train = artifacts.read_json(_work(run_dir, "train.json"))
+    model = load_model(storage.join(run_dir, artifacts.MODEL_FILE))
+    if model_info(model).k != train["chosen_k"]:
+        raise RuntimeError(f"saved model has k={model_info(model).k}, chosen k={train['chosen_k']}")
+    warnings = list(info["warnings"])
+    predictions = None
+    if state.get("test"):
+        test = load_customers(state["test"], features=tuple(info["features"]))
+        pred = predict_segments(model, test, train_min=info["feature_min"],
+                                train_max=info["feature_max"])  # fmt: skip
+        storage.write_bytes(storage.join(run_dir, "predictions.csv"),
+                            pred.to_csv(index=False).encode())  # fmt: skip
+        n_far = int((pred["out_of_range"] != "").sum())
+        if n_far:
+            warnings.append(
+                f"{state['test']}: {n_far} test customer(s) lie far outside the training range "
+                "(column out_of_range of predictions.csv); their segments are extrapolated"
+            )
+        n_missing = int(pred["segment"].isna().sum())
+        if n_missing:
+            warnings.append(f"{state['test']}: {n_missing} test customer(s) miss a feature; "
+                            "they get no segment")  # fmt: skip
+        predictions = {
+            "path": storage.join(run_dir, "predictions.csv"),
+            "n_rows": len(pred),
+            "n_out_of_range": n_far,
+            "segment_counts": {
+                str(k): int(v) for k, v in pred["segment"].value_counts().sort_index().items()
+            },
+        }
+    profile = pd.read_csv(io.BytesIO(storage.read_bytes(storage.join(run_dir, "profile.csv"))))
+    metrics = {
+        "run_id": state["run_id"],
+        "created_at": state["created_at"],
+        "input": state["input"],
+        "test": state.get("test"),
+        "chosen_k": train["chosen_k"],
+        "k_range": train["k_range"],
+        "sse": train["sse"],
+        "final_sse": train["final_sse"],
+        "selection": train["selection"],
+        "features": info["features"],
+        "scaler": config.scaler,
+        "seed": config.seed,
+        "n_init": config.n_init,
+        "n_rows_read": info["n_rows_read"],
+        "n_rows_used": info["n_rows_used"],
+        "n_rows_dropped": info["n_rows_dropped"],
+        "data_sha256": _sha(run_dir),
+        "segments": profile.to_dict(orient="records"),
+        "predictions": predictions,
+        "warnings": warnings,
+        "versions": {
+            "python": platform.python_version(),
+            "scikit-learn": sklearn.__version__,
+            "custseg": __version__,
+        },
+    }
+    images = {
+        name: storage.read_bytes(storage.join(run_dir, name))
+        for name in ("elbow.png", "segments.png", "selection.png")
+        if storage.exists(storage.join(run_dir, name))
+    }
+    html = report_html(metrics, profile, images)
+    storage.write_bytes(storage.join(run_dir, "report.html"), html.encode())
+    artifacts.write_json(storage.join(run_dir, "metrics.json"), metrics)
+    artifacts.promote(state["out"], run_id=state["run_id"], run_dir=run_dir)
+    return {
+        "run_id": state["run_id"],
+        "run_dir": run_dir,
+        "chosen_k": train["chosen_k"],
+        "reason": train["selection"]["reason"],
+        "n_rows_used": info["n_rows_used"],
+        "latest": storage.join(state["out"], artifacts.LATEST),
+    }
+
+
+def _sha(run_dir: str) -> str:
+    from custseg.io import read_table
+
+    return read_table(_work(run_dir, "customers.parquet")).sha256
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    *,
+    input_path: str,
+    out: str,
+    test_path: str | None = None,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run all stages in one process (what the CLI does); returns the finish summary."""
+    start = time.perf_counter()
+    run = start_run(config, input_path=input_path, out=out, test_path=test_path, run_id=run_id)
+    run_dir = run["run_dir"]
+    load_stage(run_dir)
+    preprocess_stage(run_dir)
+    train_stage(run_dir, progress=progress)
+    summary = finish_stage(run_dir)
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    return summary
+
+
+__all__ = [
+    "InputError",
+    "start_run",
+    "load_stage",
+    "preprocess_stage",
+    "plan_sweep",
+    "sweep_stage",
+    "fit_stage",
+    "train_stage",
+    "finish_stage",
+    "run_pipeline",
+]

@@ -1,0 +1,73 @@
+"""Choosing k from the sweep: the mission's elbow (kneed) and the recorded decision."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from custseg.sweep import SweepResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen k, the method that chose it, why, and the evidence."""
+
+    method: str
+    chosen_k: int
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (as stored under `selection` in `metrics.json`)."""
+        return {
+            "method": self.method,
+            "chosen_k": self.chosen_k,
+            "reason": self.reason,
+            **self.details,
+        }
+
+
+def elbow_k(ks: list[int], sse: list[float]) -> int | None:
+    """The knee of the SSE curve by `kneed.KneeLocator` (convex, decreasing), or None."""
+    if len(ks) < 3:
+        return None
+    from kneed import KneeLocator
+
+    knee = KneeLocator(ks, sse, curve="convex", direction="decreasing").knee
+    return None if knee is None else int(knee)
+
+
+def choose_elbow(sweep: SweepResult) -> Selection:
+    """The mission's rule: the knee of the SSE curve; if there is none, say so and use k_min."""
+    ks, sse = list(sweep.ks), list(sweep.sse)
+    knee = elbow_k(ks, sse)
+    details = {"knee": knee, "k_range": [ks[0], ks[-1]]}
+    if knee is not None:
+        return Selection("elbow", knee, f"KneeLocator found the elbow of the SSE curve at k={knee}",
+                         details)  # fmt: skip
+    if len(ks) < 3:
+        why = f"only {len(ks)} k value(s) swept, too few for an elbow"
+    else:
+        why = "KneeLocator found no elbow in the SSE curve (it returned None)"
+    log.warning("%s; falling back to k_min=%d", why, ks[0])
+    return Selection("elbow", ks[0], f"{why}; using k_min={ks[0]}", details)
+
+
+def choose_k(
+    sweep: SweepResult, *, method: str, X: np.ndarray | None = None, seed: int = 0
+) -> Selection:
+    """Pick k from the sweep with `method` (`elbow` or `auto`)."""
+    if method == "elbow":
+        return choose_elbow(sweep)
+    if method == "auto":
+        from custseg.criteria import choose_auto
+
+        if X is None:
+            raise ValueError("method 'auto' needs the scaled data X")
+        return choose_auto(sweep, X, seed=seed)
+    raise ValueError(f"unknown selection method {method!r}")

@@ -1,0 +1,104 @@
+"""End to end through the `custseg` command, as a separate process."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+EXPECTED = {"model.skops", "metrics.json", "sse.csv", "elbow.png", "segments.png", "profile.csv",
+            "predictions.csv", "report.html"}  # fmt: skip
+
+
+def custseg(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "custseg.cli", *args], capture_output=True,
+                          text=True, cwd=cwd)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mall_run(tmp_path_factory, mall_csv, sample_test_csv):
+    out = tmp_path_factory.mktemp("out")
+    res = custseg("run", "--input", str(mall_csv), "--test", str(sample_test_csv),
+                  "--out", str(out), "--select", "elbow", "--run-id", "first")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return out, res
+
+
+def test_run_writes_the_artifact_set(mall_run):
+    out, res = mall_run
+    run_dir = out / "runs" / "first"
+    assert EXPECTED <= {p.name for p in run_dir.iterdir()}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("run_id", "created_at", "chosen_k", "k_range", "sse", "selection", "features",
+                "scaler", "seed", "n_rows_read", "n_rows_used", "n_rows_dropped", "data_sha256",
+                "versions"):  # fmt: skip
+        assert key in metrics
+    assert metrics["k_range"] == [1, 50] and len(metrics["sse"]) == 50
+    assert set(metrics["versions"]) == {"python", "scikit-learn", "custseg"}
+    assert json.loads((out / "latest.json").read_text()) == {
+        "run_id": "first",
+        "run_dir": str(run_dir),
+    }
+    assert f"chosen k = {metrics['chosen_k']}" in res.stdout and "report:" in res.stdout
+    html = (run_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "<table" in html
+
+
+def test_model_has_the_chosen_k_and_predicts_nearest_centroid(mall_run, sample_test_csv):
+    out, _ = mall_run
+    run_dir = out / "runs" / "first"
+    from custseg.model import load_model
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    model = load_model(str(run_dir / "model.skops"))
+    assert model[-1].n_clusters == metrics["chosen_k"]
+    assert metrics["final_sse"] == pytest.approx(metrics["sse"][str(metrics["chosen_k"])])
+    pred = pd.read_csv(run_dir / "predictions.csv", dtype={"CustomerID": str})
+    test = pd.read_csv(sample_test_csv, dtype={"CustomerID": str})
+    feats = ["Annual Income (k$)", "Spending Score (1-100)"]
+    scaled = model[0].transform(test[feats])
+    nearest = ((scaled[:, None] - model[-1].cluster_centers_[None]) ** 2).sum(-1).argmin(1)
+    assert pred["CustomerID"].tolist() == test["CustomerID"].tolist()
+    np.testing.assert_array_equal(pred["segment"].to_numpy(), nearest)
+
+
+def test_same_seed_gives_byte_identical_sse(mall_run, mall_csv):
+    out, _ = mall_run
+    res = custseg("run", "--input", str(mall_csv), "--out", str(out), "--select", "elbow",
+                  "--run-id", "second")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    a = (out / "runs" / "first" / "sse.csv").read_bytes()
+    b = (out / "runs" / "second" / "sse.csv").read_bytes()
+    assert a == b and a.startswith(b"k,sse\n1,")
+
+
+def test_predict_command_uses_latest(mall_run, sample_test_csv, tmp_path):
+    out, _ = mall_run
+    res = custseg("predict", "--model", str(out), "--input", str(sample_test_csv),
+                  "--out", str(tmp_path / "p.csv"))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "scored 25 customers" in res.stdout
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 25
+
+
+def test_bad_input_exits_2_without_traceback(tmp_path):
+    res = custseg("run", "--input", str(tmp_path / "nope.csv"), "--out", str(tmp_path))
+    assert res.returncode == 2
+    assert "nope.csv: file not found" in res.stderr and "Traceback" not in res.stderr
+    res = custseg("run", "--input", "x.csv", "--k-min", "9", "--k-max", "3")
+    assert res.returncode == 2 and "k_min=9 > k_max=3" in res.stderr
+
+
+def test_generate_writes_ground_truth(tmp_path):
+    res = custseg("generate", "--rows", "1000", "--segments", "4", "--seed", "3",
+                  "--out", str(tmp_path / "g.parquet"))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    frame = pd.read_parquet(tmp_path / "g.parquet")
+    assert len(frame) == 1000 and sorted(frame["segment"].unique()) == [0, 1, 2, 3]
+
+
+def test_help_explains_commands():
+    res = custseg("run", "--help")
+    assert res.returncode == 0 and "--k-max" in res.stdout and "latest.json" in res.stdout
