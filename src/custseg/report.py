@@ -121,7 +121,7 @@ def segments_png(
     if len(X) > max_points:
         pick = np.random.default_rng(seed).choice(len(X), max_points, replace=False)
         X, labels = X[pick], labels[pick]
-    fig, ax = plt.subplots(figsize=(7, 5.5))
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
     cmap = plt.get_cmap("tab10" if len(centroids) <= 10 else "tab20")
     xj, yj = (0, 1) if X.shape[1] > 1 else (0, 0)
     for seg in range(len(centroids)):
@@ -134,7 +134,7 @@ def segments_png(
     ax.set_ylabel(features[yj])
     ax.set_title(f"{len(centroids)} customer segments")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _figure_png(fig)
 
 
