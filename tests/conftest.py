@@ -56,17 +56,3 @@ def write_csv(path: Path, text: str) -> Path:
     """Write a small CSV for a test and return its path."""
     path.write_text(text)
     return path
-
-
-RUN_SPECIFIC_METRICS = ("run_id", "created_at", "input", "test")
-
-
-def comparable_metrics(metrics: dict) -> dict:
-    """metrics.json without what differs between two runs of the same data and seed.
-
-    Drops the run id, creation time and input/test locations, and the predictions path.
-    """
-    out = {k: v for k, v in metrics.items() if k not in RUN_SPECIFIC_METRICS}
-    if out.get("predictions"):
-        out["predictions"] = {k: v for k, v in out["predictions"].items() if k != "path"}
-    return out

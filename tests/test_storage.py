@@ -19,7 +19,6 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from conftest import comparable_metrics
 from custseg import artifacts, storage
 from custseg.config import PipelineConfig
 from custseg.pipeline import run_pipeline
@@ -55,7 +54,7 @@ def _check_remote_run(summary: dict, root: str, local_metrics: dict) -> dict:
     assert artifacts.resolve_run_dir(root) == run_dir
     metrics = artifacts.read_json(storage.join(run_dir, "metrics.json"))
     assert metrics["input"].startswith(root.split("://")[0] + "://")
-    assert comparable_metrics(metrics) == comparable_metrics(local_metrics)
+    assert artifacts.comparable_metrics(metrics) == artifacts.comparable_metrics(local_metrics)
     return metrics
 
 

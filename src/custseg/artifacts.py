@@ -84,6 +84,18 @@ def read_latest(out: str) -> dict[str, Any] | None:
     return read_json(target)
 
 
+RUN_SPECIFIC_METRICS = ("run_id", "created_at", "input", "test")
+
+
+def comparable_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """`metrics.json` without what differs between two runs of the same data and seed (run id,
+    time, input/test locations, predictions path), to check that two runs agree."""
+    out = {k: v for k, v in metrics.items() if k not in RUN_SPECIFIC_METRICS}
+    if out.get("predictions"):
+        out["predictions"] = {k: v for k, v in out["predictions"].items() if k != "path"}
+    return out
+
+
 def resolve_run_dir(path: str) -> str:
     """A run directory from a run directory, a model file, or an artifacts root with latest.json."""
     text = str(path)
