@@ -56,14 +56,33 @@ def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
-def write_json(uri: str, obj: Any) -> None:
-    """Write JSON into a run directory."""
-    storage.write_bytes(uri, json_bytes(obj))
+def write_json(uri: str, obj: Any, *, atomic: bool = False) -> None:
+    """Write JSON into a run directory; `atomic` for a file whose presence means "complete"."""
+    if atomic:
+        storage.replace_atomic(uri, json_bytes(obj))
+    else:
+        storage.write_bytes(uri, json_bytes(obj))
 
 
 def read_json(uri: str) -> Any:
     """Read a JSON file."""
     return json.loads(storage.read_bytes(uri))
+
+
+def check_complete(run_dir: str) -> str:
+    """`run_dir` if it holds a finished run (model and metrics.json), else an `InputError`.
+
+    `metrics.json` is written atomically as the last file before promotion, so a run killed
+    or failed half-way never has one.
+    """
+    names = (MODEL_FILE, "metrics.json")
+    missing = [n for n in names if not storage.exists(storage.join(run_dir, n))]
+    if missing:
+        raise InputError(
+            f"{run_dir}: incomplete run (no {' and no '.join(missing)}): it failed or was "
+            "stopped before it finished; use a complete run or rerun `custseg run`"
+        )
+    return run_dir
 
 
 def promote(out: str, *, run_id: str, run_dir: str) -> str:
@@ -81,7 +100,15 @@ def read_latest(out: str) -> dict[str, Any] | None:
     target = storage.join(out, LATEST)
     if not storage.exists(target):
         return None
-    return read_json(target)
+    try:
+        latest = read_json(target)
+        str(latest["run_dir"])
+    except (ValueError, KeyError, TypeError):
+        raise InputError(
+            f"{target}: not a valid latest.json (JSON with run_id and run_dir); "
+            "delete it and rerun `custseg run`, or pass --model RUN_DIR"
+        ) from None
+    return latest
 
 
 RUN_SPECIFIC_METRICS = ("run_id", "created_at", "input", "test")
@@ -97,15 +124,21 @@ def comparable_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_run_dir(path: str) -> str:
-    """A run directory from a run directory, a model file, or an artifacts root with latest.json."""
+    """A complete run directory from a run directory, a model file, or an artifacts root.
+
+    An artifacts root resolves through its latest.json; a run that did not finish (no
+    metrics.json) is refused with an `InputError`.
+    """
     text = str(path)
     if text.endswith(".skops"):
-        return text.rsplit("/", 1)[0] if "/" in text else "."
-    if storage.exists(storage.join(text, MODEL_FILE)):
-        return text
+        if not storage.exists(text):
+            raise InputError(f"{text}: model file not found; check --model")
+        return check_complete(text.rsplit("/", 1)[0] if "/" in text else ".")
+    if storage.exists(storage.join(text, MODEL_FILE)) or storage.exists(storage.join(text, "work")):
+        return check_complete(text)
     latest = read_latest(text)
     if latest is not None:
-        return str(latest["run_dir"])
+        return check_complete(str(latest["run_dir"]))
     raise InputError(
         f"{text}: neither a run directory (no {MODEL_FILE}) nor an artifacts root "
         f"(no {LATEST}); run `custseg run` first or pass --model RUN_DIR"

@@ -135,19 +135,72 @@ class ProgressBar:
         sys.stderr.flush()
 
 
+_HANDLERS: list[logging.Handler] = []
+
+
+class _ConsoleFilter(logging.Filter):
+    """Keep tracebacks and records marked `console=False` off the console (they go to the log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "console", True)
+
+
+class _OneLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname}: {record.getMessage()}"
+
+
 def _setup_logging(verbose: bool, log_file: Path | None) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.INFO if verbose else logging.WARNING)
-    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    root.addHandler(console)
+    console.setFormatter(_OneLineFormatter())
+    console.addFilter(_ConsoleFilter())
+    handlers: list[logging.Handler] = [console]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file)
-        handler.setFormatter(fmt)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(handler)
+    for handler in handlers:
         root.addHandler(handler)
+        _HANDLERS.append(handler)
+
+
+def _teardown_logging() -> None:
+    """Remove and close the handlers `main` added (it may run many times in one process)."""
+    root = logging.getLogger()
+    while _HANDLERS:
+        handler = _HANDLERS.pop()
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _log_file(args: argparse.Namespace) -> Path | None:
+    """`OUT/custseg.log` for `run` with a local OUT; an OUT that is a file is an `InputError`."""
+    from custseg import storage
+
+    if args.command != "run" or storage.is_remote(args.out):
+        return None
+    out = storage.local_path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {args.out}: is a file, not a directory; pass a directory")
+    return out / "custseg.log"
+
+
+def _record_internal_error(log_file: Path | None) -> Path:
+    """Log the current exception with its traceback; returns the file that holds it."""
+    log.error("internal error", exc_info=True, extra={"console": False})
+    if log_file is not None and log_file.exists():
+        return log_file
+    import tempfile
+    import traceback
+
+    fd, name = tempfile.mkstemp(prefix="custseg-error-", suffix=".log")
+    with open(fd, "w") as fh:
+        fh.write(traceback.format_exc())
+    return Path(name)
 
 
 def _print_segments(segments: list[dict[str, Any]]) -> None:
@@ -169,7 +222,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_pipeline(config, input_path=args.input, out=args.out, test_path=args.test,
                            run_id=args.run_id, progress=bar)  # fmt: skip
     metrics = artifacts.read_json(storage.join(summary["run_dir"], "metrics.json"))
-    dropped = metrics["n_rows_dropped"]
+    from custseg.preprocess import DROP_REASONS
+
+    order = {r: i for i, r in enumerate(DROP_REASONS)}
+    dropped = dict(sorted(metrics["n_rows_dropped"].items(), key=lambda kv: order.get(kv[0], 99)))
     print(f"custseg run {metrics['run_id']}  ({summary['seconds']}s)")
     print(f"rows: {metrics['n_rows_read']} read, {metrics['n_rows_used']} used, dropped: "
           + (", ".join(f"{v} {k}" for k, v in dropped.items()) or "none"))  # fmt: skip
@@ -181,7 +237,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"warning: {w}")
     if metrics.get("predictions"):
         p = metrics["predictions"]
-        print(f"predictions: {p['n_rows']} customers -> {p['path']}")
+        far = p.get("n_out_of_range", 0)
+        note = f" ({far} far outside the training range, see out_of_range)" if far else ""
+        print(f"predictions: {p['n_rows']} customers -> {p['path']}{note}")
     print(f"artifacts: {summary['run_dir']}")
     print(f"report: {storage.join(summary['run_dir'], 'report.html')}")
     print(f"latest: {summary['latest']}")
@@ -198,7 +256,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = load_model(storage.join(run_dir, artifacts.MODEL_FILE))
     info = artifacts.read_json(storage.join(run_dir, "metrics.json"))
     pre = artifacts.read_json(storage.join(run_dir, "work", "preprocess.json"))
-    table = load_customers(args.input, features=model_info(model).features)
+    table = load_customers(args.input, features=model_info(model).features,
+                           needed_by=f"the model in {run_dir}")  # fmt: skip
     pred = predict_segments(model, table, train_min=pre["feature_min"],
                             train_max=pre["feature_max"])  # fmt: skip
     pred.to_csv(args.out, index=False)
@@ -235,22 +294,24 @@ def main(argv: list[str] | None = None) -> int:
     log_file: Path | None = None
     try:
         args = parser.parse_args(argv)
-        if args.command == "run":
-            log_file = Path(args.out) / "custseg.log"
+        log_file = _log_file(args)
         _setup_logging(args.verbose, log_file)
         handler = {"run": cmd_run, "predict": cmd_predict, "generate": cmd_generate}
         return handler[args.command](args)
     except InputError as exc:
+        log.info("input error: %s", exc, extra={"console": False})
         print(f"custseg: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("custseg: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
-        log.exception("internal error")
-        where = f"; details in {log_file}" if log_file else ""
-        print(f"custseg: internal error: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
+        where = _record_internal_error(log_file)
+        print(f"custseg: internal error: {type(exc).__name__}: {exc}; details in {where}",
+              file=sys.stderr)  # fmt: skip
         return EXIT_INTERNAL
+    finally:
+        _teardown_logging()
 
 
 if __name__ == "__main__":

@@ -86,8 +86,14 @@ def _name_keys(name: str) -> set[str]:
     return keys
 
 
-def resolve_column(wanted: str, columns: list[str], *, source: str) -> str:
-    """The one column of `columns` that `wanted` names, or an `InputError` with suggestions."""
+def resolve_column(
+    wanted: str, columns: list[str], *, source: str, needed_by: str | None = None
+) -> str:
+    """The one column of `columns` that `wanted` names, or an `InputError` with suggestions.
+
+    `needed_by` names the saved model that needs the column (scoring a test file), so the
+    message says to add the column rather than to choose other features.
+    """
     if wanted in columns:
         return wanted
     keys = _name_keys(wanted)
@@ -101,6 +107,11 @@ def resolve_column(wanted: str, columns: list[str], *, source: str) -> str:
     by_norm = {normalize_name(c): c for c in columns}
     close = difflib.get_close_matches(normalize_name(wanted), list(by_norm), n=3, cutoff=0.5)
     hint = f"; closest: {', '.join(repr(by_norm[c]) for c in close)}" if close else ""
+    if needed_by:
+        raise InputError(
+            f"{source}: column {wanted!r} not found, but {needed_by} needs it as a feature "
+            f"(columns: {columns}){hint}; add or rename the column"
+        )
     raise InputError(
         f"{source}: required column {wanted!r} not found (columns: {columns}){hint}; "
         "rename the column or pass --features"
@@ -163,6 +174,10 @@ def _open_text_stream(uri: str, kind: str) -> IO[bytes]:
     if kind == "zip":
         archive = zipfile.ZipFile(raw)
         members = [m for m in archive.namelist() if not m.endswith("/")]
+        if "xl/workbook.xml" in members:
+            raise InputError(
+                f"{uri}: is an Excel workbook (.xlsx), not a CSV; save the sheet as 'CSV UTF-8'"
+            )
         if len(members) != 1:
             raise InputError(
                 f"{uri}: zip archive holds {len(members)} files {members[:5]}; "
@@ -176,38 +191,89 @@ def _open_text_stream(uri: str, kind: str) -> IO[bytes]:
     raise InputError(f"{uri}: unsupported compression {kind!r}")
 
 
-def _decode_head(uri: str, head: bytes) -> str:
-    if b"\x00" in head:
+def read_text_bytes(uri: str, kind: str) -> bytes:
+    """The whole decompressed CSV, without a UTF-8 BOM; a damaged archive is an `InputError`."""
+    try:
+        with _open_text_stream(uri, kind) as stream:
+            data = stream.read()
+    except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as exc:
+        if kind == "csv":
+            raise
         raise InputError(
-            f"{uri}: looks binary (NUL bytes), not a CSV text file; export it as CSV or Parquet"
+            f"{uri}: {kind} file is damaged or truncated ({exc}); compress or export it again"
+        ) from None
+    except Exception as exc:  # pyarrow's zstd stream raises ArrowInvalid / OSError
+        if kind != "zstd":
+            raise
+        raise InputError(f"{uri}: zstd file is damaged or truncated ({exc})") from None
+    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+
+
+def _line_at(data: bytes, pos: int) -> int:
+    """1-based line number (the header is line 1) of byte offset `pos`."""
+    return data.count(b"\n", 0, pos) + 1
+
+
+def _decode_head(uri: str, head: bytes) -> str:
+    """The first lines as text. The header must be UTF-8; bad bytes further down are only an
+    error when they sit in a column the run reads (pyarrow reports those, see `_arrow_error`)."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError(
+            f"{uri}: text is UTF-16 (Excel 'Unicode Text'), not UTF-8; "
+            "save it as 'CSV UTF-8' instead"
+        )
+    if head.startswith((b"\xd0\xcf\x11\xe0", b"\x89PNG", b"%PDF", b"\x7fELF")) or b"\x00" in head:
+        raise InputError(
+            f"{uri}: looks binary (NUL bytes or a binary signature), not a CSV text file; "
+            "export it as CSV (UTF-8) or Parquet"
         )
     if len(head) == _HEAD_BYTES and b"\n" in head:
         head = head[: head.rindex(b"\n") + 1]
     try:
-        return head.decode("utf-8-sig")
+        return head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = head[: exc.start].count(b"\n") + 1
-        bad = head[exc.start : exc.start + 1].hex()
-        raise InputError(
-            f"{uri}: not UTF-8 text (byte 0x{bad} on line {line}); "
-            "re-save the file as UTF-8 (Excel: 'CSV UTF-8')"
-        ) from None
+        line = _line_at(head, exc.start)
+        if line == 1:
+            bad = head[exc.start : exc.start + 1].hex()
+            raise InputError(
+                f"{uri}: header line is not UTF-8 text (byte 0x{bad}); "
+                "re-save the file as UTF-8 (Excel: 'CSV UTF-8')"
+            ) from None
+        return head.decode("utf-8", errors="replace")
 
 
 def _split_header(uri: str, text: str) -> tuple[list[str], str]:
-    lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip()), "")
-    if not first:
-        raise InputError(f"{uri}: file has no header line (only blank lines)")
-    counts = {d: first.count(d) for d in DELIMITERS}
-    delimiter = max(DELIMITERS, key=lambda d: counts[d])
-    if counts[delimiter] == 0:
-        delimiter = ","
+    """The header's column names and the delimiter (`,`, `;`, tab or `|`).
+
+    The delimiter is the candidate that splits the header into the most fields and the
+    next lines into as many; ties go to the comma.
+    """
     import csv
 
-    header = next(csv.reader([first], delimiter=delimiter))
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise InputError(f"{uri}: file has no header line (only blank lines)")
+    sample = lines[:20] if len(lines) > 1 else lines
+    best, best_score = ",", (-1, -1)
+    for delim in DELIMITERS:
+        counts = [len(row) for row in csv.reader(sample, delimiter=delim)]
+        if counts[0] < 2:
+            continue
+        consistent = sum(c == counts[0] for c in counts[1:])
+        score = (consistent, counts[0])
+        if score > best_score:
+            best, best_score = delim, score
+    header = next(csv.reader([lines[0]], delimiter=best))
     header = [h.strip() for h in header]
-    return header, delimiter
+    return header, best
+
+
+def _check_distinct(uri: str, features: Any, resolved: list[str]) -> None:
+    if len(set(resolved)) != len(resolved):
+        raise InputError(
+            f"{uri}: features {list(features)} name the same column twice ({resolved}); "
+            "list each column once"
+        )
 
 
 def _check_header(uri: str, header: list[str]) -> None:
@@ -222,7 +288,7 @@ def _check_header(uri: str, header: list[str]) -> None:
 
 
 def _read_csv_arrow(
-    uri: str, kind: str, delimiter: str, header: list[str], wanted: list[str], as_text: set[str]
+    data: bytes, delimiter: str, header: list[str], wanted: list[str], as_text: set[str]
 ) -> Any:
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -237,25 +303,36 @@ def _read_csv_arrow(
     )
     read = pacsv.ReadOptions(column_names=header, skip_rows=1, block_size=1 << 24)
     parse = pacsv.ParseOptions(delimiter=delimiter)
-    with _open_text_stream(uri, kind) as stream:
-        data = stream.read()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
     return pacsv.read_csv(pa.BufferReader(data), read, parse, convert)
 
 
-def _arrow_error(uri: str, exc: Exception) -> InputError:
+def _arrow_error(uri: str, exc: Exception, data: bytes, header: list[str]) -> InputError:
+    """One line for a pyarrow CSV error, with the line number found in `data` (error path only)."""
     msg = str(exc).strip().splitlines()[0]
-    if "invalid UTF8" in msg or "UTF8" in msg:
+    if "UTF8" in msg:
+        where = ""
+        col = re.search(r"column #(\d+)", msg)
+        if col and int(col.group(1)) < len(header):
+            where = f" in column {header[int(col.group(1))]!r}"
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad = data[err.start : err.start + 1].hex()
+            where += f" (first undecodable byte 0x{bad} on line {_line_at(data, err.start)})"
         return InputError(
-            f"{uri}: not valid UTF-8 text ({msg}); re-save the file as UTF-8 (Excel: 'CSV UTF-8')"
+            f"{uri}: text is not UTF-8{where}; re-save the file as UTF-8 (Excel: 'CSV UTF-8')"
         )
-    if "Expected" in msg and "columns" in msg:
+    ragged = re.search(r"Expected (\d+) columns, got (\d+): (.*)$", msg)
+    if ragged:
+        expected, got, text = ragged.groups()
+        row = text.encode()
+        pos = data.find(b"\n" + row)
+        line = f"line {_line_at(data, pos + 1)}" if pos >= 0 else "a row"
         return InputError(
-            f"{uri}: a row has a different number of fields than the header ({msg}); "
-            "check quoting and the delimiter"
+            f"{uri}: {line} has {got} field(s) but the header has {expected} ({text[:60]!r}); "
+            "fix that row's quoting or delimiters, or remove it"
         )
-    return InputError(f"{uri}: cannot parse as CSV ({msg})")
+    return InputError(f"{uri}: cannot parse as CSV ({msg}); check the delimiter and quoting")
 
 
 def _coerce_numeric(
@@ -287,23 +364,25 @@ def load_customers(
     *,
     features: tuple[str, ...] | list[str] = DEFAULT_FEATURES,
     id_column: str | None = None,
+    needed_by: str | None = None,
 ) -> CustomerTable:
     """Read the id column and the feature columns of a CSV or Parquet customer table.
 
     Raises `InputError` for anything the user must fix; rows with missing, non-numeric or
     infinite features are kept as NaN and reported, so preprocessing can drop and count them.
+    `needed_by` names the model a test file is scored with, for the missing-column message.
     """
     uri = str(source)
     _check_path(uri)
     kind = sniff_format(uri)
     warnings: list[str] = []
     if kind == "parquet":
-        frame, header = _read_parquet(uri, features, id_column)
+        frame, header = _read_parquet(uri, features, id_column, needed_by)
         file_format = "parquet"
     else:
         file_format = "csv" if kind == "csv" else f"csv+{kind}"
-        with _open_text_stream(uri, kind) as stream:
-            head = stream.read(_HEAD_BYTES)
+        data = read_text_bytes(uri, kind)
+        head = data[:_HEAD_BYTES]
         if not head.strip():
             raise InputError(f"{uri}: file is empty (no header, no rows); export the table again")
         text = _decode_head(uri, head)
@@ -311,28 +390,31 @@ def load_customers(
         _check_header(uri, header)
         if delimiter != ",":
             log.info("%s: detected delimiter %r", uri, delimiter)
-        feats = [resolve_column(f, header, source=uri) for f in features]
+        feats = [resolve_column(f, header, source=uri, needed_by=needed_by) for f in features]
+        _check_distinct(uri, features, feats)
         idc = resolve_column(id_column, header, source=uri) if id_column else find_id_column(header)
         wanted = ([idc] if idc else []) + [f for f in feats if f != idc]
         as_text = {idc} if idc else set()
         import pyarrow as pa
 
         try:
-            table = _read_csv_arrow(uri, kind, delimiter, header, wanted, as_text)
+            table = _read_csv_arrow(data, delimiter, header, wanted, as_text)
         except pa.ArrowInvalid as exc:
-            if "conversion error" not in str(exc).lower() and "CSV conversion" not in str(exc):
-                raise _arrow_error(uri, exc) from None
+            if "conversion error" not in str(exc).lower() or "UTF8" in str(exc):
+                raise _arrow_error(uri, exc, data, header) from None
             try:
-                table = _read_csv_arrow(uri, kind, delimiter, header, wanted, set(wanted))
+                table = _read_csv_arrow(data, delimiter, header, wanted, set(wanted))
             except pa.ArrowInvalid as exc2:
-                raise _arrow_error(uri, exc2) from None
+                raise _arrow_error(uri, exc2, data, header) from None
+        del data
         frame = table.to_pandas()
         header = list(header)
     n_rows = len(frame)
     if n_rows == 0:
         raise InputError(f"{uri}: header only, no data rows; the table has no customers")
 
-    feats = [resolve_column(f, list(frame.columns), source=uri) for f in features]
+    feats = [resolve_column(f, list(frame.columns), source=uri, needed_by=needed_by)
+             for f in features]  # fmt: skip
     idc = id_column and resolve_column(id_column, list(frame.columns), source=uri)
     idc = idc or find_id_column(list(frame.columns))
 
@@ -385,7 +467,7 @@ def load_customers(
 
 
 def _read_parquet(
-    uri: str, features: tuple[str, ...] | list[str], id_column: str | None
+    uri: str, features: tuple[str, ...] | list[str], id_column: str | None, needed_by: str | None
 ) -> tuple[pd.DataFrame, list[str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -395,7 +477,8 @@ def _read_parquet(
             pf = pq.ParquetFile(io.BytesIO(fh.read()) if storage.is_remote(uri) else fh)
             header = list(pf.schema_arrow.names)
             _check_header(uri, header)
-            feats = [resolve_column(f, header, source=uri) for f in features]
+            feats = [resolve_column(f, header, source=uri, needed_by=needed_by) for f in features]
+            _check_distinct(uri, features, feats)
             idc = (
                 resolve_column(id_column, header, source=uri)
                 if id_column

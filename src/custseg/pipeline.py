@@ -69,6 +69,8 @@ def load_stage(run_dir: str) -> dict[str, Any]:
 
     config, state = _config(run_dir)
     table = load_customers(state["input"], features=config.features)
+    if state.get("test"):  # fail before the sweep, not after it, if the test file is unusable
+        load_customers(state["test"], features=table.features, needed_by="the model of this run")
     save_table(table, _work(run_dir, "customers.parquet"))
     result = {
         "run_dir": run_dir,
@@ -237,7 +239,8 @@ def finish_stage(run_dir: str) -> dict[str, Any]:
     warnings = list(info["warnings"])
     predictions = None
     if state.get("test"):
-        test = load_customers(state["test"], features=tuple(info["features"]))
+        test = load_customers(state["test"], features=tuple(info["features"]),
+                              needed_by="the model of this run")  # fmt: skip
         pred = predict_segments(model, test, train_min=info["feature_min"],
                                 train_max=info["feature_max"])  # fmt: skip
         storage.write_bytes(storage.join(run_dir, "predictions.csv"),
@@ -295,7 +298,7 @@ def finish_stage(run_dir: str) -> dict[str, Any]:
     }
     html = report_html(metrics, profile, images)
     storage.write_bytes(storage.join(run_dir, "report.html"), html.encode())
-    artifacts.write_json(storage.join(run_dir, "metrics.json"), metrics)
+    artifacts.write_json(storage.join(run_dir, "metrics.json"), metrics, atomic=True)
     artifacts.promote(state["out"], run_id=state["run_id"], run_dir=run_dir)
     return {
         "run_id": state["run_id"],

@@ -14,7 +14,9 @@ from custseg.io import CustomerTable
 
 log = logging.getLogger(__name__)
 
-DROP_REASONS: tuple[str, ...] = ("missing", "non_numeric", "non_finite", "duplicate")
+DROP_REASONS: tuple[str, ...] = (
+    "missing", "non_numeric", "non_finite", "duplicate", "conflicting_id",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,12 @@ def prepare_features(table: CustomerTable) -> PreparedData:
     X = X[keep]
     ids = ids[keep]
     if X.shape[0] == 0:
+        empty = [c for c in feats if np.isnan(frame[c].to_numpy(np.float64)).all()]
+        if empty:
+            raise InputError(
+                f"{table.source}: no usable rows: column(s) {empty} hold no numbers in any of "
+                f"the {n} rows; fill them in or choose other --features"
+            )
         raise InputError(
             f"{table.source}: no usable rows: all {n} rows miss a feature {feats} or hold "
             "non-numbers; check the file and the --features names"

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from custseg.errors import InputError
 from custseg.sweep import SweepResult
 
 log = logging.getLogger(__name__)
@@ -70,4 +71,4 @@ def choose_k(
         if X is None:
             raise ValueError("method 'auto' needs the scaled data X")
         return choose_auto(sweep, X, seed=seed)
-    raise ValueError(f"unknown selection method {method!r}")
+    raise InputError(f"unknown selection method {method!r}: use elbow or auto")
