@@ -87,7 +87,7 @@ def test_compose_services_share_secrets_from_env(tmp_path):
             "test-postgres_password@postgres/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
         )
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].endswith(":8080/execution/")
-        assert env["CUSTSEG_ARTIFACTS_ROOT"] == "file:///opt/airflow/artifacts"
+        assert env["CUSTSEG_ARTIFACTS_ROOT"] == "/opt/airflow/artifacts"
         assert any(v.endswith(":/opt/airflow/dags:ro") for v in svc["volumes"])
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "test-postgres_password"
     assert services["airflow-worker"]["command"] == "celery worker"
