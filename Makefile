@@ -6,14 +6,22 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 OUT ?= artifacts
-export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+# Embedded Airflow for `make run` / `make airflow`: SQLite in .airflow/, the project's DAGs.
+AIRFLOW_HOME ?= $(CURDIR)/.airflow
+AIRFLOW_PORT ?= 8080
+RUN_CONF ?= {"input_path": "data/sample/customers.csv", "test_path": "data/sample/test.csv"}
+AIRFLOW_ENV = AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False \
+	CUSTSEG_HOME=$(CURDIR) CUSTSEG_ARTIFACTS_ROOT=$(abspath $(OUT))
 
-.PHONY: run test venv lint cli-run clean help
+.PHONY: run test venv lint cli-run airflow clean help
 
 help:
-	@echo "make run   - set up and run the pipeline on the bundled sample"
-	@echo "make test  - set up and run the test suite"
-	@echo "make lint  - ruff"
+	@echo "make run      - set up and run the DAG once through Airflow on the bundled sample"
+	@echo "make cli-run  - the same pipeline through the plain custseg CLI"
+	@echo "make airflow  - Airflow UI at http://127.0.0.1:$(AIRFLOW_PORT) (login admin/admin, dev only)"
+	@echo "make test     - set up and run the test suite"
+	@echo "make lint     - ruff"
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
@@ -28,7 +36,35 @@ venv: $(BIN)/custseg
 cli-run: venv
 	$(BIN)/custseg run --input data/sample/customers.csv --test data/sample/test.csv --out $(OUT)
 
-run: cli-run
+# Created and migrated on first use (and again when the lock file changes).
+$(AIRFLOW_HOME)/airflow.db: uv.lock | venv
+	@mkdir -p $(AIRFLOW_HOME)
+	@echo "migrating the Airflow metadata DB in $(AIRFLOW_HOME) ..."
+	@env $(AIRFLOW_ENV) $(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 \
+		|| { tail -n 30 $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
+	@touch $@
+
+run: venv $(AIRFLOW_HOME)/airflow.db
+	@echo "running DAG customer_segmentation through Airflow (log: $(AIRFLOW_HOME)/dags-test.log) ..."
+	@env $(AIRFLOW_ENV) $(BIN)/airflow dags test customer_segmentation -c '$(RUN_CONF)' \
+		> $(AIRFLOW_HOME)/dags-test.log 2>&1 \
+		|| { grep -E "ERROR|error|Exception|failed" $(AIRFLOW_HOME)/dags-test.log | tail -n 20; \
+		     echo "make run: the DAG run failed; full log: $(AIRFLOW_HOME)/dags-test.log"; exit 1; }
+	@grep -E "\[custseg" $(AIRFLOW_HOME)/dags-test.log | sed -E 's/^[^ ]+ //; s/ \[custseg[^]]*\].*//' || true
+	@echo
+	@$(BIN)/custseg show --out $(OUT)
+
+# `airflow standalone` (api-server, scheduler, dag-processor, triggerer) for local use only.
+airflow: venv
+	@mkdir -p $(AIRFLOW_HOME)
+	@test -f $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated \
+		|| echo '{"admin": "admin"}' > $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated
+	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT)  login: admin / admin (dev only)"
+	env $(AIRFLOW_ENV) AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+		AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AIRFLOW_PORT) \
+		AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin \
+		AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated \
+		AIRFLOW__CORE__PARALLELISM=4 $(BIN)/airflow standalone
 
 lint: venv
 	$(BIN)/ruff check src tests dags bench

@@ -13,12 +13,11 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 SAMPLE = ROOT / "data" / "sample"
 
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="custseg-airflow-home-"))
-os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
-os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
-os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-os.environ.setdefault(
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_AIRFLOW_HOME}/airflow.db"
-)
+# Forced, not defaulted: the tests reset this DB, so they must never use a real AIRFLOW_HOME.
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME}/airflow.db"
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 

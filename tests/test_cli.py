@@ -102,3 +102,17 @@ def test_generate_writes_ground_truth(tmp_path):
 def test_help_explains_commands():
     res = custseg("run", "--help")
     assert res.returncode == 0 and "--k-max" in res.stdout and "latest.json" in res.stdout
+
+
+def test_show_prints_the_latest_runs_summary(mall_run, tmp_path):
+    out, _ = mall_run
+    latest = json.loads((out / "latest.json").read_text())
+    metrics = json.loads((out / "runs" / latest["run_id"] / "metrics.json").read_text())
+    res = custseg("show", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert f"custseg run {latest['run_id']}" in res.stdout
+    assert f"chosen k = {metrics['chosen_k']} by" in res.stdout
+    assert f"model: {latest['run_dir']}/model.skops" in res.stdout
+    assert len([ln for ln in res.stdout.splitlines() if "%" in ln]) == metrics["chosen_k"]
+    res = custseg("show", "--out", str(tmp_path))
+    assert res.returncode == 2 and "latest.json not found" in res.stderr

@@ -1,4 +1,4 @@
-"""`custseg` command line: run the pipeline, score new customers, generate sample data.
+"""`custseg` command line: run the pipeline, score new customers, show a run, generate data.
 
 Only this module prints. Exit codes: 0 success, 2 bad input or usage (one line on
 stderr, no traceback), 1 an unexpected internal error (message and the log's path).
@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with the `run`, `predict` and `generate` commands."""
+    """The argument parser with the `run`, `predict`, `show` and `generate` commands."""
     parser = _Parser(
         prog="custseg",
         description="Customer segmentation: K-Means over a k sweep, k chosen from the SSE "
@@ -97,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("--input", required=True, help="customers to score")
     pred.add_argument("--out", default="predictions.csv", help="output CSV")
+
+    show = sub.add_parser(
+        "show",
+        help="print the summary of the latest promoted run",
+        description="Read OUT/latest.json and print that run's chosen k, segments and "
+        "artifact paths (works for runs made by the CLI and by the Airflow DAG).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    show.add_argument("--out", default="artifacts", help="artifacts root (OUT)")
 
     gen = sub.add_parser(
         "generate",
@@ -209,24 +218,16 @@ def _print_segments(segments: list[dict[str, Any]]) -> None:
         print(f"  {s['segment']:>3}  {s['size']:>7}  {s['share'] * 100:5.1f}%  {s['label']}")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Train and report."""
+def _print_summary(run_dir: str, *, latest: str | None, seconds: float | None = None) -> None:
+    """Print a finished run's summary from its metrics.json (shared by `run` and `show`)."""
     from custseg import artifacts, storage
-    from custseg.pipeline import run_pipeline
-
-    config = PipelineConfig(
-        features=tuple(args.features), k_min=args.k_min, k_max=args.k_max, scaler=args.scaler,
-        select=args.select, seed=args.seed, n_init=args.n_init,
-    )  # fmt: skip
-    bar = ProgressBar("sweep", enabled=not args.no_progress and sys.stderr.isatty())
-    summary = run_pipeline(config, input_path=args.input, out=args.out, test_path=args.test,
-                           run_id=args.run_id, progress=bar)  # fmt: skip
-    metrics = artifacts.read_json(storage.join(summary["run_dir"], "metrics.json"))
     from custseg.preprocess import DROP_REASONS
 
+    metrics = artifacts.read_json(storage.join(run_dir, "metrics.json"))
     order = {r: i for i, r in enumerate(DROP_REASONS)}
     dropped = dict(sorted(metrics["n_rows_dropped"].items(), key=lambda kv: order.get(kv[0], 99)))
-    print(f"custseg run {metrics['run_id']}  ({summary['seconds']}s)")
+    took = f"  ({seconds}s)" if seconds is not None else ""
+    print(f"custseg run {metrics['run_id']}{took}")
     print(f"rows: {metrics['n_rows_read']} read, {metrics['n_rows_used']} used, dropped: "
           + (", ".join(f"{v} {k}" for k, v in dropped.items()) or "none"))  # fmt: skip
     print(f"features: {', '.join(metrics['features'])} (scaler: {metrics['scaler']})")
@@ -240,9 +241,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         far = p.get("n_out_of_range", 0)
         note = f" ({far} far outside the training range, see out_of_range)" if far else ""
         print(f"predictions: {p['n_rows']} customers -> {p['path']}{note}")
-    print(f"artifacts: {summary['run_dir']}")
-    print(f"report: {storage.join(summary['run_dir'], 'report.html')}")
-    print(f"latest: {summary['latest']}")
+    print(f"artifacts: {run_dir}")
+    print(f"model: {storage.join(run_dir, artifacts.MODEL_FILE)}")
+    print(f"report: {storage.join(run_dir, 'report.html')}")
+    if latest:
+        print(f"latest: {latest}")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print the summary of the run `OUT/latest.json` names (e.g. after an Airflow run)."""
+    from custseg import artifacts, storage
+
+    promoted = artifacts.read_latest(args.out)
+    if promoted is None:
+        raise InputError(
+            f"{storage.join(args.out, artifacts.LATEST)} not found: no run was promoted in "
+            f"{args.out} yet; run `custseg run` or the Airflow DAG first"
+        )
+    _print_summary(str(promoted["run_dir"]), latest=storage.join(args.out, artifacts.LATEST))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train and report."""
+    from custseg.pipeline import run_pipeline
+
+    config = PipelineConfig(
+        features=tuple(args.features), k_min=args.k_min, k_max=args.k_max, scaler=args.scaler,
+        select=args.select, seed=args.seed, n_init=args.n_init,
+    )  # fmt: skip
+    bar = ProgressBar("sweep", enabled=not args.no_progress and sys.stderr.isatty())
+    summary = run_pipeline(config, input_path=args.input, out=args.out, test_path=args.test,
+                           run_id=args.run_id, progress=bar)  # fmt: skip
+    _print_summary(summary["run_dir"], latest=summary["latest"], seconds=summary["seconds"])
     return EXIT_OK
 
 
@@ -296,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         log_file = _log_file(args)
         _setup_logging(args.verbose, log_file)
-        handler = {"run": cmd_run, "predict": cmd_predict, "generate": cmd_generate}
+        handler = {"run": cmd_run, "predict": cmd_predict, "show": cmd_show,
+                   "generate": cmd_generate}  # fmt: skip
         return handler[args.command](args)
     except InputError as exc:
         log.info("input error: %s", exc, extra={"console": False})

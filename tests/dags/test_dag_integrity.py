@@ -1,0 +1,107 @@
+"""The DAG parses cleanly, fast, with the seed's task ids in order and valid param defaults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.dags.conftest import ROOT  # noqa: F401 - one definition of the project root
+
+TASKS = ["load_data_task", "data_preprocessing_task", "build_save_model_task", "load_model_task"]
+HEAVY = ("pandas", "numpy", "sklearn", "pyarrow", "matplotlib", "skops", "kneed",
+         "custseg.pipeline")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+def test_dags_folder_parses_without_import_errors(bag):
+    assert bag.import_errors == {}
+    assert list(bag.dags) == ["customer_segmentation"]
+
+
+def test_seed_task_ids_run_in_order_with_the_mapped_sweep_between(bag):
+    dag = bag.dags["customer_segmentation"]
+    order = [t.task_id for t in dag.topological_sort()]
+    assert [t for t in order if t in TASKS] == TASKS
+    assert dag.task_dict["load_data_task"].downstream_task_ids == {"data_preprocessing_task"}
+    assert dag.task_dict["data_preprocessing_task"].downstream_task_ids == {
+        "plan_sweep_task", "build_save_model_task"}  # fmt: skip
+    assert dag.task_dict["plan_sweep_task"].downstream_task_ids == {"sweep_k_task"}
+    assert dag.task_dict["sweep_k_task"].downstream_task_ids == {"build_save_model_task"}
+    assert dag.task_dict["build_save_model_task"].downstream_task_ids == {"load_model_task"}
+    assert dag.task_dict["load_model_task"].downstream_task_ids == set()
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    assert isinstance(dag.task_dict["sweep_k_task"], MappedOperator)
+
+
+def test_dag_settings_and_docs(bag):
+    dag = bag.dags["customer_segmentation"]
+    assert dag.schedule is None and dag.catchup is False and "custseg" in dag.tags
+    assert "load_data_task" in dag.doc_md and "latest.json" in dag.doc_md
+    for task in dag.tasks:
+        assert task.retries >= 1, task.task_id
+        assert task.doc_md and task.doc_md.lstrip().startswith("**"), task.task_id
+    outlets = dag.task_dict["load_model_task"].outlets
+    assert [a.name for a in outlets] == ["customer_segmentation_model"]
+
+
+def test_param_defaults_are_valid_and_point_at_the_bundled_sample(bag):
+    from custseg.config import SELECTIONS, PipelineConfig
+    from custseg.orchestration import request_from_params
+
+    dag = bag.dags["customer_segmentation"]
+    params = dag.params.validate()  # raises ParamValidationError on a bad default
+    assert params["k_min"] == 1 and params["k_max"] == 50 and params["sweep_batches"] == 1
+    assert params["selection"] == PipelineConfig().select
+    assert dag.params.get_param("selection").schema["enum"] == list(SELECTIONS)
+    for name, param in dag.params.items():
+        schema = param.schema
+        assert schema.get("type") and schema.get("title") and schema.get("section"), name
+        assert param.description, name
+    req = request_from_params(params, home=ROOT)
+    assert req.input_path == str(ROOT / "data" / "sample" / "customers.csv")
+    assert req.test_path == str(ROOT / "data" / "sample" / "test.csv")
+
+
+def test_bad_param_values_are_rejected_by_the_schema(bag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = bag.dags["customer_segmentation"]
+    for bad in ({"k_min": "x"}, {"scaler": "log"}, {"sweep_batches": 0},
+                {"sweep_batches": 51}, {"features": []}):  # fmt: skip
+        name, value = next(iter(bad.items()))
+        with pytest.raises(ParamValidationError):
+            dag.params.get_param(name).resolve(value)
+
+
+def test_parsing_imports_no_heavy_modules():
+    """Parse cost: importing the DAG file must not pull in pandas, sklearn and friends."""
+    code = textwrap.dedent(f"""
+        import json, runpy, sys, time
+        import airflow.sdk
+        start = time.perf_counter()
+        runpy.run_path({str(ROOT / "dags" / "customer_segmentation.py")!r})
+        took = time.perf_counter() - start
+        print(json.dumps({{"heavy": [m for m in {HEAVY!r} if m in sys.modules],
+                           "seconds": took}}))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["heavy"] == []
+    print(f"DAG file parse (after airflow.sdk import): {out['seconds']:.3f}s")
+
+
+def test_dag_file_contains_the_safe_mode_words():
+    text = (ROOT / "dags" / "customer_segmentation.py").read_text().lower()
+    assert "airflow" in text and "dag" in text

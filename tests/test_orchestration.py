@@ -1,0 +1,131 @@
+"""Params -> config, path confinement and error mapping used by the Airflow DAG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from custseg.errors import InputError
+from custseg.orchestration import (
+    allowed_roots,
+    confine_path,
+    fail_fast_on_input_errors,
+    request_from_params,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def roots_env(monkeypatch, tmp_path):
+    home = tmp_path / "proj"
+    (home / "data").mkdir(parents=True)
+    art = tmp_path / "art"
+    monkeypatch.delenv("CUSTSEG_ALLOWED_ROOTS", raising=False)
+    monkeypatch.setenv("CUSTSEG_ARTIFACTS_ROOT", str(art))
+    return home, art
+
+
+def test_default_roots_are_the_project_and_the_artifacts_root(roots_env):
+    home, art = roots_env
+    assert allowed_roots(home) == (str(home.resolve()), str(art.resolve()))
+
+
+def test_roots_come_from_the_environment(monkeypatch, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    monkeypatch.setenv("CUSTSEG_ALLOWED_ROOTS", f"{a}{os.pathsep}{b}{os.pathsep}")
+    assert allowed_roots(tmp_path / "home") == (str(a), str(b))
+
+
+def test_relative_paths_resolve_against_the_project(roots_env):
+    home, _ = roots_env
+    roots = allowed_roots(home)
+    got = confine_path("data/x.csv", roots=roots, home=home, what="input_path")
+    assert got == str((home / "data" / "x.csv").resolve())
+    assert confine_path(f"file://{home}/data/x.csv", roots=roots, home=home, what="i") == got
+
+
+@pytest.mark.parametrize("bad", ["../secret.csv", "data/../../secret.csv", "/etc/passwd"])
+def test_escapes_and_outside_paths_are_rejected_naming_path_and_roots(roots_env, bad):
+    home, art = roots_env
+    roots = allowed_roots(home)
+    with pytest.raises(InputError) as err:
+        confine_path(bad, roots=roots, home=home, what="input_path")
+    msg = str(err.value)
+    assert f"input_path {bad!r}" in msg and "outside the allowed roots" in msg
+    assert str(home.resolve()) in msg and str(art.resolve()) in msg
+    assert "CUSTSEG_ALLOWED_ROOTS" in msg and "\n" not in msg
+
+
+def test_a_symlink_out_of_a_root_is_rejected(roots_env, tmp_path):
+    home, _ = roots_env
+    outside = tmp_path / "outside.csv"
+    outside.write_text("a,b\n1,2\n")
+    (home / "data" / "link.csv").symlink_to(outside)
+    with pytest.raises(InputError, match="outside the allowed roots"):
+        confine_path("data/link.csv", roots=allowed_roots(home), home=home, what="input_path")
+
+
+def test_a_sibling_with_a_common_prefix_is_not_inside(roots_env, tmp_path):
+    home, _ = roots_env
+    sibling = Path(str(home) + "-evil") / "x.csv"
+    with pytest.raises(InputError):
+        confine_path(str(sibling), roots=allowed_roots(home), home=home, what="test_path")
+
+
+def test_uris_need_a_uri_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("CUSTSEG_ALLOWED_ROOTS", "s3://bucket/seg")
+    roots = allowed_roots(tmp_path)
+    assert confine_path("s3://bucket/seg/in.csv", roots=roots, home=tmp_path, what="i") == (
+        "s3://bucket/seg/in.csv"
+    )
+    for bad in ("s3://bucket/seg/../other/in.csv", "s3://bucket/segx/in.csv", "gs://b/in.csv"):
+        with pytest.raises(InputError, match="outside the allowed roots"):
+            confine_path(bad, roots=roots, home=tmp_path, what="input_path")
+
+
+def test_params_become_a_validated_request(roots_env):
+    home, art = roots_env
+    req = request_from_params(
+        {"input_path": "data/in.csv", "test_path": None, "features": ["a", "b"], "k_min": 2,
+         "k_max": 7, "scaler": "standard", "selection": "elbow", "seed": 3,
+         "artifacts_root": str(art), "sweep_batches": 4},
+        home=home,
+    )  # fmt: skip
+    assert req.config.features == ("a", "b") and (req.config.k_min, req.config.k_max) == (2, 7)
+    assert req.config.scaler == "standard" and req.config.seed == 3
+    assert req.test_path is None and req.sweep_batches == 4
+    assert req.input_path == str((home / "data" / "in.csv").resolve())
+    assert req.artifacts_root == str(art.resolve())
+
+
+def test_k_min_above_k_max_is_a_clear_input_error(roots_env):
+    home, _ = roots_env
+    with pytest.raises(InputError, match=r"k_min=9 > k_max=3: swap them"):
+        request_from_params({"k_min": 9, "k_max": 3}, home=home)
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [({"sweep_batches": 0}, "sweep_batches=0"), ({"seed": "x"}, "seed='x'"),
+     ({"scaler": "log"}, "unknown scaler 'log'"), ({"artifacts_root": "/"}, "artifacts_root")],
+)  # fmt: skip
+def test_other_bad_params(roots_env, params, words):
+    home, _ = roots_env
+    with pytest.raises(InputError) as err:
+        request_from_params(params, home=home)
+    assert words in str(err.value)
+
+
+def test_input_errors_fail_the_airflow_task_without_retry():
+    pytest.importorskip("airflow.sdk")
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="^bad column 'x'$"):
+        with fail_fast_on_input_errors():
+            raise InputError("bad column 'x'")
+    with pytest.raises(OSError):  # anything else stays retryable
+        with fail_fast_on_input_errors():
+            raise OSError("disk full")
