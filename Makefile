@@ -57,8 +57,7 @@ run: venv $(AIRFLOW_HOME)/airflow.db
 # `airflow standalone` (api-server, scheduler, dag-processor, triggerer) for local use only.
 airflow: venv
 	@mkdir -p $(AIRFLOW_HOME)
-	@test -f $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated \
-		|| echo '{"admin": "admin"}' > $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated
+	@echo '{"admin": "admin"}' > $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated
 	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT)  login: admin / admin (dev only)"
 	env $(AIRFLOW_ENV) AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
 		AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AIRFLOW_PORT) \

@@ -116,7 +116,8 @@ def test_mall_customers_at_defaults_matches_the_cli(dag, tmp_base, mall_csv):
                       sweep_batches=2)  # fmt: skip
     assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
     metrics = json.loads((root / "runs" / safe_run_id(dr.run_id) / "metrics.json").read_text())
-    cli, _ = cli_metrics(tmp_base / "mall-cli", PipelineConfig(), mall_csv, None)
+    # the DAG resolves symlinks in paths (confinement), so give the CLI the same real path
+    cli, _ = cli_metrics(tmp_base / "mall-cli", PipelineConfig(), mall_csv.resolve(), None)
     assert comparable(metrics) == comparable(cli)
     assert metrics["k_range"] == [1, 50] and metrics["n_rows_used"] == 200
 
