@@ -129,3 +129,18 @@ def test_input_errors_fail_the_airflow_task_without_retry():
     with pytest.raises(OSError):  # anything else stays retryable
         with fail_fast_on_input_errors():
             raise OSError("disk full")
+
+
+def test_load_task_names_the_run_dir_after_the_run_id_and_the_try(monkeypatch, tmp_path):
+    from custseg.orchestration import load_task
+
+    monkeypatch.setenv("CUSTSEG_ALLOWED_ROOTS", f"{ROOT}{os.pathsep}{tmp_path}")
+    params = {"input_path": "data/sample/customers.csv", "artifacts_root": str(tmp_path)}
+    first = load_task(params, run_id="manual__2026-11-28T21:00:00+00:00", home=ROOT)
+    assert first["run_dir"] == str(tmp_path / "runs" / "manual__2026-11-28T21_00_00_00_00")
+    assert first["n_rows_read"] == 400 and first["sweep_batches"] == 1
+    # a retry never reuses what the failed attempt left behind
+    again = load_task(params, run_id="manual__2026-11-28T21:00:00+00:00", home=ROOT,
+                      try_number=2)  # fmt: skip
+    assert again["run_dir"] == first["run_dir"] + "-try2"
+    assert (tmp_path / "runs" / "manual__2026-11-28T21_00_00_00_00-try2" / "work").is_dir()
