@@ -17,6 +17,7 @@ from custseg.orchestration import (
     SAMPLE_INPUT,
     SAMPLE_TEST,
     default_artifacts_root,
+    latest_uri,
     project_home,
 )
 
@@ -24,7 +25,7 @@ HOME = project_home(Path(__file__).parent)
 DEFAULTS = PipelineConfig()
 MODEL_ASSET = Asset(
     name="customer_segmentation_model",
-    uri=f"file://{Path(default_artifacts_root(HOME)).absolute()}/latest.json",
+    uri=latest_uri(default_artifacts_root(HOME)),
     group="model",
 )
 

@@ -144,3 +144,18 @@ def test_load_task_names_the_run_dir_after_the_run_id_and_the_try(monkeypatch, t
                       try_number=2)  # fmt: skip
     assert again["run_dir"] == first["run_dir"] + "-try2"
     assert (tmp_path / "runs" / "manual__2026-11-28T21_00_00_00_00-try2" / "work").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("root", "uri"),
+    [
+        ("s3://bucket/custseg/", "s3://bucket/custseg/latest.json"),
+        ("memory://art", "memory://art/latest.json"),
+        ("/srv/artifacts", "file:///srv/artifacts/latest.json"),
+        ("file:///srv/artifacts", "file:///srv/artifacts/latest.json"),
+    ],
+)
+def test_model_asset_uri_follows_the_artifacts_root(root, uri):
+    from custseg.orchestration import latest_uri
+
+    assert latest_uri(root) == uri

@@ -46,6 +46,16 @@ def default_artifacts_root(home: str | os.PathLike[str]) -> str:
     return os.environ.get(ENV_ARTIFACTS) or str(Path(home) / "artifacts")
 
 
+def latest_uri(artifacts_root: str) -> str:
+    """URI of `latest.json` under an artifacts root, for the model Asset: the root's own URI
+    on object storage (`s3://b/x/latest.json`), else `file://<absolute path>/latest.json`."""
+    from custseg import storage
+
+    if storage.is_remote(artifacts_root):
+        return storage.join(artifacts_root, "latest.json")
+    return f"file://{storage.local_path(artifacts_root).absolute()}/latest.json"
+
+
 def allowed_roots(home: str | os.PathLike[str]) -> tuple[str, ...]:
     """Where params may point: `$CUSTSEG_ALLOWED_ROOTS` (os.pathsep-separated), else the
     project directory and the default artifacts root."""
