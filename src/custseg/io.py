@@ -8,6 +8,7 @@ the line or value, and what to do.
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import difflib
 import gzip
 import hashlib
@@ -16,6 +17,7 @@ import logging
 import lzma
 import re
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -209,6 +211,11 @@ def read_text_bytes(uri: str, kind: str) -> bytes:
     return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
 
 
+def _as_bytes(uri: str, kind: str, data: bytes | str) -> bytes:
+    """The CSV's bytes for an error message (only read when parsing already failed)."""
+    return data if isinstance(data, bytes) else read_text_bytes(uri, kind)
+
+
 def _line_at(data: bytes, pos: int) -> int:
     """1-based line number (the header is line 1) of byte offset `pos`."""
     return data.count(b"\n", 0, pos) + 1
@@ -288,8 +295,10 @@ def _check_header(uri: str, header: list[str]) -> None:
 
 
 def _read_csv_arrow(
-    data: bytes, delimiter: str, header: list[str], wanted: list[str], as_text: set[str]
+    data: bytes | str, delimiter: str, header: list[str], wanted: list[str], as_text: set[str]
 ) -> Any:
+    """Parse the wanted columns of the CSV in `data` (bytes, or a local file path that pyarrow
+    streams natively and parses in parallel blocks without holding the file in memory)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -303,7 +312,46 @@ def _read_csv_arrow(
     )
     read = pacsv.ReadOptions(column_names=header, skip_rows=1, block_size=1 << 24)
     parse = pacsv.ParseOptions(delimiter=delimiter)
+    if isinstance(data, str):
+        # skip_rows=1 skips the header line we already parsed (a UTF-8 BOM goes with it)
+        with pa.input_stream(data) as source:
+            return pacsv.read_csv(source, read, parse, convert)
     return pacsv.read_csv(pa.BufferReader(data), read, parse, convert)
+
+
+def _id_series(values: Any) -> pd.Series:
+    """Customer ids as an Arrow-backed string column (no per-row Python objects)."""
+    import pyarrow as pa
+
+    if isinstance(values, pd.Series):
+        values = pa.array(values, from_pandas=True)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not pa.types.is_string(values.type):
+        values = values.cast(pa.string())
+    return pd.Series(pd.arrays.ArrowExtensionArray(values))
+
+
+def _arrow_frame(table: Any, id_column: str | None) -> pd.DataFrame:
+    """An Arrow table as a DataFrame: the id as Arrow strings, float columns as NumPy floats."""
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if name == id_column:
+            columns[name] = _id_series(column)
+        elif pa.types.is_floating(column.type):
+            columns[name] = column.to_numpy()  # nulls become NaN
+        else:
+            columns[name] = column.to_pandas()
+    return pd.DataFrame(columns, index=pd.RangeIndex(table.num_rows))
+
+
+def _read_head(uri: str) -> bytes:
+    """The first `_HEAD_BYTES` of a plain local CSV, without a UTF-8 BOM."""
+    with storage.open_file(uri, "rb") as fh:
+        head = fh.read(_HEAD_BYTES + 3)
+    return head[3:] if head.startswith(b"\xef\xbb\xbf") else head[:_HEAD_BYTES]
 
 
 def _arrow_error(uri: str, exc: Exception, data: bytes, header: list[str]) -> InputError:
@@ -374,6 +422,20 @@ def load_customers(
     """
     uri = str(source)
     _check_path(uri)
+    with ThreadPoolExecutor(max_workers=1) as hasher:
+        # hashing runs beside the parse (hashlib releases the GIL): no extra pass at the end
+        digest = hasher.submit(file_sha256, uri)
+        table = _load(uri, features, id_column, needed_by)
+        sha = digest.result()
+    return dataclasses.replace(table, sha256=sha)
+
+
+def _load(
+    uri: str,
+    features: tuple[str, ...] | list[str],
+    id_column: str | None,
+    needed_by: str | None,
+) -> CustomerTable:
     kind = sniff_format(uri)
     warnings: list[str] = []
     if kind == "parquet":
@@ -381,8 +443,12 @@ def load_customers(
         file_format = "parquet"
     else:
         file_format = "csv" if kind == "csv" else f"csv+{kind}"
-        data = read_text_bytes(uri, kind)
-        head = data[:_HEAD_BYTES]
+        streamed = kind == "csv" and not storage.is_remote(uri)
+        # a plain local CSV is parsed straight from the file; other inputs are decompressed
+        data: bytes | str = (
+            str(storage.local_path(uri)) if streamed else read_text_bytes(uri, kind)
+        )
+        head = _read_head(uri) if streamed else data[:_HEAD_BYTES]
         if not head.strip():
             raise InputError(f"{uri}: file is empty (no header, no rows); export the table again")
         text = _decode_head(uri, head)
@@ -401,13 +467,13 @@ def load_customers(
             table = _read_csv_arrow(data, delimiter, header, wanted, as_text)
         except pa.ArrowInvalid as exc:
             if "conversion error" not in str(exc).lower() or "UTF8" in str(exc):
-                raise _arrow_error(uri, exc, data, header) from None
+                raise _arrow_error(uri, exc, _as_bytes(uri, kind, data), header) from None
             try:
                 table = _read_csv_arrow(data, delimiter, header, wanted, set(wanted))
             except pa.ArrowInvalid as exc2:
-                raise _arrow_error(uri, exc2, data, header) from None
+                raise _arrow_error(uri, exc2, _as_bytes(uri, kind, data), header) from None
         del data
-        frame = table.to_pandas()
+        frame = _arrow_frame(table, idc)
         header = list(header)
     n_rows = len(frame)
     if n_rows == 0:
@@ -424,7 +490,7 @@ def load_customers(
     invalid_rows: dict[str, list[np.ndarray]] = {"non_numeric": [], "non_finite": []}
     out = pd.DataFrame(index=pd.RangeIndex(n_rows))
     if idc:
-        out[idc] = frame[idc].astype("string").to_numpy()
+        out[idc] = _id_series(frame[idc])
     for col in feats:
         series = frame[col]
         if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(
@@ -460,7 +526,7 @@ def load_customers(
         source=uri,
         file_format=file_format,
         n_rows_read=n_rows,
-        sha256=file_sha256(uri),
+        sha256="",  # filled in by load_customers, hashed beside the parse
         invalid={k: v for k, v in invalid.items() if v.size},
         warnings=tuple(warnings),
     )
@@ -488,7 +554,7 @@ def _read_parquet(
             table = pf.read(columns=wanted)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{uri}: not a readable Parquet file ({exc})") from None
-    return table.to_pandas(), header
+    return _arrow_frame(table, idc), header
 
 
 def save_table(table: CustomerTable, uri: str) -> None:

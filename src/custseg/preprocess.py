@@ -21,10 +21,13 @@ DROP_REASONS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Rows fit for clustering: unscaled features, customer ids and what was dropped."""
+    """Rows fit for clustering: unscaled features, customer ids and what was dropped.
+
+    `ids` is the id column (Arrow-backed strings), or 1-based row numbers without one.
+    """
 
     X: np.ndarray
-    ids: np.ndarray
+    ids: Any
     features: tuple[str, ...]
     id_column: str | None
     n_rows_read: int
@@ -41,49 +44,115 @@ class PreparedData:
         """The cleaned rows as a DataFrame (id first), as written to `features.parquet`."""
         frame = pd.DataFrame(self.X, columns=list(self.features))
         if self.id_column:
-            frame.insert(0, self.id_column, self.ids)
+            ids = self.ids.array if isinstance(self.ids, pd.Series) else self.ids
+            frame.insert(0, self.id_column, ids)
         return frame
 
 
-def prepare_features(table: CustomerTable) -> PreparedData:
+_MISSING, _NON_NUMERIC, _NON_FINITE = 1, 2, 3
+_REASON_CODES = {"missing": _MISSING, "non_numeric": _NON_NUMERIC, "non_finite": _NON_FINITE}
+
+
+def _row_hashes(X: np.ndarray) -> np.ndarray:
+    """A 64-bit hash per row (equal rows, equal hashes; -0.0 counts as 0.0)."""
+    h = np.zeros(len(X), dtype=np.uint64)
+    for j in range(X.shape[1]):
+        col = np.ascontiguousarray(X[:, j], dtype=np.float64) + 0.0
+        h = h * np.uint64(0x9E3779B97F4A7C15) ^ pd.util.hash_array(col, categorize=False)
+    return h
+
+
+def count_distinct_rows(X: np.ndarray, *, cap: int | None = None) -> int:
+    """Distinct rows of `X` by 64-bit row hashes, scanning in growing chunks.
+
+    With `cap`, stops as soon as `cap` distinct rows are seen and returns that lower bound:
+    the count only clamps k_max, so "at least k_max" is all that is needed, and data with
+    many distinct rows answers after the first chunk instead of hashing every row.
+    """
+    seen = np.empty(0, dtype=np.uint64)
+    start, step = 0, 1 << 14
+    while start < len(X):
+        chunk = pd.unique(_row_hashes(X[start : start + step]))
+        seen = pd.unique(np.concatenate([seen, chunk]))
+        if cap is not None and len(seen) >= cap:
+            break
+        start += step
+        step = min(step * 4, 1 << 20)
+    return int(len(seen))
+
+
+def _id_keys(ids: pd.Series) -> np.ndarray | None:
+    """int64 keys equal exactly when the ids are equal, if the ids are equal-length digit
+    strings (the usual `0001`, `123456` ids); None otherwise."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(ids)
+    if not pa.types.is_string(arr.type) or arr.null_count or len(arr) == 0:
+        return None
+    lengths = pc.min_max(pc.utf8_length(arr)).as_py()
+    if lengths["min"] != lengths["max"] or not 0 < lengths["max"] <= 18:
+        return None
+    if not pc.all(pc.utf8_is_decimal(arr)).as_py():
+        return None
+    return arr.cast(pa.int64()).to_numpy()
+
+
+def _repeated_id_rows(ids: pd.Series) -> np.ndarray:
+    """Mask of rows whose id occurs more than once (cheap when ids are sorted numbers)."""
+    keys = _id_keys(ids)
+    if keys is None:
+        return ids.duplicated(keep=False).to_numpy()
+    if len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1])):
+        return np.zeros(len(keys), dtype=bool)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    same = sorted_keys[1:] == sorted_keys[:-1]
+    repeated = np.zeros(len(keys), dtype=bool)
+    repeated[order[1:][same]] = True
+    repeated[order[:-1][same]] = True
+    return repeated
+
+
+def prepare_features(table: CustomerTable, *, distinct_cap: int | None = None) -> PreparedData:
     """Drop rows with a missing, non-numeric or infinite feature and exact duplicates.
 
     Exact duplicates are rows with the same customer id and the same features; a repeated
     id with different features is kept (first row wins) and reported. Without an id
-    column identical rows may be distinct customers, so they are all kept.
+    column identical rows may be distinct customers, so they are all kept. Only rows
+    whose id repeats are compared, so a table of unique ids costs one pass. `n_distinct`
+    is exact, or at least `distinct_cap` when that many distinct rows exist.
     """
     frame = table.frame
     feats = list(table.features)
     n = len(frame)
-    X = frame[feats].to_numpy(dtype=np.float64)
-    nan_rows = np.isnan(X).any(axis=1)
-    reason = np.full(n, "", dtype=object)
-    reason[nan_rows] = "missing"
+    X = np.column_stack([frame[c].to_numpy(dtype=np.float64) for c in feats])
+    reason = np.zeros(n, dtype=np.int8)
+    reason[np.isnan(X).any(axis=1)] = _MISSING
     for why in ("non_numeric", "non_finite"):
         rows = table.invalid.get(why)
         if rows is not None and rows.size:
-            reason[rows] = why
-    keep = reason == ""
-    dropped = {r: int(np.sum(reason == r)) for r in ("missing", "non_numeric", "non_finite")}
+            reason[rows] = _REASON_CODES[why]
+    keep = reason == 0
+    dropped = {r: int(np.sum(reason == code)) for r, code in _REASON_CODES.items()}
     warnings: list[str] = []
     if dropped["missing"]:
-        first = np.flatnonzero(reason == "missing")[:5]
+        first = np.flatnonzero(reason == _MISSING)[:5]
         lines = ", ".join(str(table.line_of(int(r))) for r in first)
         cols = [c for c in feats if frame[c].isna().any()]
         warnings.append(
             f"{table.source}: dropped {dropped['missing']} row(s) missing a feature in "
             f"{cols} (line {lines}{', ...' if dropped['missing'] > 5 else ''})"
         )
-    ids = (
-        frame[table.id_column].to_numpy(dtype=object)
-        if table.id_column
-        else np.array([str(i + 1) for i in range(n)], dtype=object)
-    )
+    ids = frame[table.id_column] if table.id_column else np.arange(1, n + 1, dtype=np.int64)
     dup = np.zeros(n, dtype=bool)
     if table.id_column and keep.any():
-        kept = frame.loc[keep, [table.id_column, *feats]]
-        dup[np.flatnonzero(keep)] = kept.duplicated(keep="first").to_numpy()
-        conflicts = kept[~dup[np.flatnonzero(keep)]]
+        # rows whose id is unique can be neither an exact duplicate nor a conflicting id
+        candidates = keep & _repeated_id_rows(frame[table.id_column])
+        kept = frame.loc[candidates, [table.id_column, *feats]]
+        where = np.flatnonzero(candidates)
+        dup[where] = kept.duplicated(keep="first").to_numpy()
+        conflicts = kept[~dup[where]]
         repeated = conflicts[table.id_column].duplicated(keep="first").to_numpy()
         if repeated.any():
             rows = conflicts.index[repeated]
@@ -98,8 +167,9 @@ def prepare_features(table: CustomerTable) -> PreparedData:
             dropped["conflicting_id"] = int(repeated.sum())
     dropped["duplicate"] = int(dup.sum()) - dropped.get("conflicting_id", 0)
     keep &= ~dup
-    X = X[keep]
-    ids = ids[keep]
+    if not keep.all():
+        X = X[keep]
+        ids = ids[keep] if isinstance(ids, np.ndarray) else ids[keep].reset_index(drop=True)
     if X.shape[0] == 0:
         empty = [c for c in feats if np.isnan(frame[c].to_numpy(np.float64)).all()]
         if empty:
@@ -111,7 +181,7 @@ def prepare_features(table: CustomerTable) -> PreparedData:
             f"{table.source}: no usable rows: all {n} rows miss a feature {feats} or hold "
             "non-numbers; check the file and the --features names"
         )
-    n_distinct = int(len(np.unique(X, axis=0)))
+    n_distinct = count_distinct_rows(X, cap=None if distinct_cap is None else max(distinct_cap, 2))
     if n_distinct < 2:
         raise InputError(
             f"{table.source}: only {n_distinct} distinct usable customer(s) in {feats}; "
