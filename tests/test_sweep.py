@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from custseg.errors import InputError
-from custseg.sweep import SweepResult, k_range, kmeans_seed, sweep_k
+from custseg.sweep import (
+    SweepResult,
+    auto_sample_size,
+    heartbeat,
+    k_range,
+    kmeans_seed,
+    sample_rows,
+    sweep_k,
+)
 
 
 def test_k_range_is_inclusive_and_defaults_to_50():
@@ -39,3 +47,37 @@ def test_batches_merge_to_the_full_sweep():
     merged = SweepResult.from_points(points, n_rows=200)
     assert merged.ks == full.ks and merged.sse == full.sse
     assert kmeans_seed(5, 3) != kmeans_seed(5, 4)
+
+
+def test_sample_rows_depend_only_on_seed_and_size():
+    a = sample_rows(1_000_000, size=10_000, seed=42)
+    assert a is not None and len(a) == 10_000 and len(np.unique(a)) == 10_000
+    assert np.all(np.diff(a) > 0) and a[-1] < 1_000_000
+    np.testing.assert_array_equal(a, sample_rows(1_000_000, size=10_000, seed=42))
+    assert not np.array_equal(a, sample_rows(1_000_000, size=10_000, seed=43))
+    assert sample_rows(5_000, size=10_000, seed=42) is None  # small tables: every row
+    assert sample_rows(5_000, size=None, seed=42) is None
+
+
+def test_auto_sample_size_grows_with_k_and_features_and_caps_at_n():
+    assert auto_sample_size(200, k_max=50, n_features=2) == 200
+    assert auto_sample_size(10_000_000, k_max=50, n_features=2) == 10_000
+    assert auto_sample_size(10_000_000, k_max=100, n_features=2) == 20_000
+    assert auto_sample_size(10_000_000, k_max=50, n_features=6) == 30_000
+
+
+def test_sweep_same_for_any_number_of_workers():
+    X = np.random.default_rng(2).random((400, 3))
+    one = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=1)
+    two = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=2)
+    assert one.sse == two.sse and one.ks == tuple(range(1, 9))
+
+
+def test_heartbeat_logs_while_running(caplog):
+    import logging
+    import time
+
+    with caplog.at_level(logging.INFO, logger="custseg.sweep"), heartbeat("slow", every=0.05):
+        time.sleep(0.3)
+    assert "slow: still running" in caplog.text
+    assert "slow: done in" in caplog.text

@@ -445,9 +445,7 @@ def _load(
         file_format = "csv" if kind == "csv" else f"csv+{kind}"
         streamed = kind == "csv" and not storage.is_remote(uri)
         # a plain local CSV is parsed straight from the file; other inputs are decompressed
-        data: bytes | str = (
-            str(storage.local_path(uri)) if streamed else read_text_bytes(uri, kind)
-        )
+        data: bytes | str = str(storage.local_path(uri)) if streamed else read_text_bytes(uri, kind)
         head = _read_head(uri) if streamed else data[:_HEAD_BYTES]
         if not head.strip():
             raise InputError(f"{uri}: file is empty (no header, no rows); export the table again")
@@ -557,19 +555,43 @@ def _read_parquet(
     return _arrow_frame(table, idc), header
 
 
-def save_table(table: CustomerTable, uri: str) -> None:
-    """Write a loaded table to Parquet with everything `read_table` needs to rebuild it."""
+WORK_PARQUET = {"compression": "lz4"}
+"""Work tables are written for speed (lz4), not for archival size."""
+
+_REASONS = ("", "non_numeric", "non_finite")
+
+
+def write_parquet(frame: pd.DataFrame, uri: str, *, metadata: dict[str, Any] | None = None) -> None:
+    """Write a DataFrame to a Parquet file, streaming (no whole-file bytes in memory)."""
     import json
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    frame = table.frame.copy()
-    reason = np.full(len(frame), "", dtype=object)
-    for why, rows in table.invalid.items():
-        reason[rows] = why
-    frame["__invalid"] = reason.astype(str)
     arrow = pa.Table.from_pandas(frame, preserve_index=False)
+    if metadata is not None:
+        arrow = arrow.replace_schema_metadata(
+            {**(arrow.schema.metadata or {}), b"custseg": json.dumps(metadata).encode()}
+        )
+    with storage.open_file(uri, "wb") as fh:
+        pq.write_table(arrow, fh, **WORK_PARQUET)
+
+
+def read_parquet(uri: str, *, columns: list[str] | None = None) -> Any:
+    """A Parquet file as an Arrow table (only `columns`, when given)."""
+    import pyarrow.parquet as pq
+
+    with storage.open_file(uri, "rb") as fh:
+        return pq.read_table(fh, columns=columns)
+
+
+def save_table(table: CustomerTable, uri: str) -> None:
+    """Write a loaded table to Parquet with everything `read_table` needs to rebuild it."""
+    frame = table.frame.copy(deep=False)
+    reason = np.zeros(len(frame), dtype=np.int8)
+    for why, rows in table.invalid.items():
+        reason[rows] = _REASONS.index(why)
+    frame["__invalid"] = reason
     meta = {
         "features": list(table.features),
         "id_column": table.id_column,
@@ -579,28 +601,33 @@ def save_table(table: CustomerTable, uri: str) -> None:
         "sha256": table.sha256,
         "warnings": list(table.warnings),
     }
-    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
-                                           b"custseg": json.dumps(meta).encode()})  # fmt: skip
-    buf = pa.BufferOutputStream()
-    pq.write_table(arrow, buf)
-    storage.write_bytes(uri, buf.getvalue().to_pybytes())
+    write_parquet(frame, uri, metadata=meta)
+
+
+def table_metadata(uri: str) -> dict[str, Any]:
+    """The metadata `save_table` stored (source, sha256, ...), without reading the rows."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    with storage.open_file(uri, "rb") as fh:
+        return json.loads(pq.read_schema(fh).metadata[b"custseg"])
 
 
 def read_table(uri: str) -> CustomerTable:
     """Read back a table written by `save_table`."""
     import json
 
-    import pyarrow.parquet as pq
-
-    with storage.open_file(uri, "rb") as fh:
-        arrow = pq.read_table(fh)
+    arrow = read_parquet(uri)
     meta = json.loads(arrow.schema.metadata[b"custseg"])
-    frame = arrow.to_pandas()
-    reason = frame.pop("__invalid").to_numpy(dtype=object)
+    reason = arrow.column("__invalid").to_numpy()
+    arrow = arrow.drop_columns(["__invalid"])
+    frame = _arrow_frame(arrow, meta["id_column"])
     invalid = {
-        why: np.flatnonzero(reason == why) for why in ("non_numeric", "non_finite")
-        if (reason == why).any()
-    }  # fmt: skip
+        why: np.flatnonzero(reason == code)
+        for code, why in enumerate(_REASONS)
+        if code and (reason == code).any()
+    }
     return CustomerTable(
         frame=frame,
         features=tuple(meta["features"]),

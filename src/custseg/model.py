@@ -37,18 +37,33 @@ _PLAIN_TYPES = frozenset(
 
 
 def fit_segments(
-    X: np.ndarray, features: tuple[str, ...], *, k: int, scaler: str, seed: int, n_init: int
+    X: np.ndarray,
+    features: tuple[str, ...],
+    *,
+    k: int,
+    scaler: str,
+    seed: int,
+    n_init: int,
+    init: np.ndarray | None = None,
 ) -> Any:
     """Fit `Pipeline(scaler, KMeans(k))` on unscaled rows, with the sweep's random state for k.
 
-    The pipeline is fit on a DataFrame, so it remembers the feature names it needs.
+    With `init` (scaled centers, e.g. the best fit on the sweep sample) K-Means starts
+    from those centers once instead of `n_init` k-means++ starts: on millions of rows
+    that is a few Lloyd passes. The pipeline is fit on a DataFrame, so it remembers the
+    feature names it needs.
     """
+    from sklearn.cluster import KMeans
     from sklearn.pipeline import Pipeline
 
-    pipeline = Pipeline(
-        [("scaler", make_scaler(scaler)), ("kmeans", make_kmeans(k, seed=seed, n_init=n_init))]
-    )
-    pipeline.fit(pd.DataFrame(X, columns=list(features)))
+    kmeans = make_kmeans(k, seed=seed, n_init=n_init)
+    if init is not None:
+        kmeans = KMeans(
+            n_clusters=k, init=np.asarray(init, dtype=np.float64), n_init=1,
+            random_state=kmeans.random_state,
+        )  # fmt: skip
+    pipeline = Pipeline([("scaler", make_scaler(scaler)), ("kmeans", kmeans)])
+    pipeline.fit(pd.DataFrame(X, columns=list(features), copy=False))
     log.info("final model: k=%d, SSE=%.6g, %d iterations", k, pipeline[-1].inertia_,
              pipeline[-1].n_iter_)  # fmt: skip
     return pipeline

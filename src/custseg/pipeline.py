@@ -86,14 +86,13 @@ def load_stage(run_dir: str) -> dict[str, Any]:
 
 def preprocess_stage(run_dir: str) -> dict[str, Any]:
     """Drop and count unusable rows; write `work/features.parquet` and `work/preprocess.json`."""
-    from custseg.io import read_table
+    from custseg.io import read_table, write_parquet
     from custseg.preprocess import prepare_features
 
+    config, _ = _config(run_dir)
     table = read_table(_work(run_dir, "customers.parquet"))
-    data = prepare_features(table)
-    buf = io.BytesIO()
-    data.to_frame().to_parquet(buf, index=False)
-    storage.write_bytes(_work(run_dir, "features.parquet"), buf.getvalue())
+    data = prepare_features(table, distinct_cap=config.k_max)
+    write_parquet(data.to_frame(), _work(run_dir, "features.parquet"))
     info = {
         "run_dir": run_dir,
         "features": list(data.features),
@@ -110,13 +109,34 @@ def preprocess_stage(run_dir: str) -> dict[str, Any]:
     return info
 
 
-def _features(run_dir: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _features(run_dir: str, *, with_ids: bool = True) -> tuple[np.ndarray, Any, dict[str, Any]]:
+    """The cleaned features (float64 rows) and, if asked, the ids (an Arrow array or None)."""
+    from custseg.io import read_parquet
+
     info = artifacts.read_json(_work(run_dir, "preprocess.json"))
-    with storage.open_file(_work(run_dir, "features.parquet"), "rb") as fh:
-        frame = pd.read_parquet(fh)
-    X = frame[info["features"]].to_numpy(dtype=np.float64)
-    ids = frame[info["id_column"]].to_numpy(dtype=object) if info["id_column"] else None
+    feats = list(info["features"])
+    idc = info["id_column"] if with_ids else None
+    arrow = read_parquet(_work(run_dir, "features.parquet"), columns=feats + ([idc] if idc else []))
+    X = np.column_stack([arrow.column(f).to_numpy() for f in feats]).astype(np.float64, copy=False)
+    ids = arrow.column(idc) if idc else None
     return X, ids, info
+
+
+def _sweep_sample(config: PipelineConfig, X: np.ndarray) -> tuple[np.ndarray, int]:
+    """The scaled rows the sweep and the selection criteria use, and how many they are.
+
+    The scaler is fit on all rows (as in the final model); the sample is drawn from
+    (seed, row count) only, so every mapped sweep batch and the fit stage see the same rows.
+    """
+    from custseg.preprocess import make_scaler
+    from custseg.sweep import auto_sample_size, sample_rows
+
+    size = config.sample_size or auto_sample_size(len(X), k_max=config.k_max, n_features=X.shape[1])
+    rows = sample_rows(len(X), size=size, seed=config.seed)
+    part = X if rows is None else X[rows]
+    step = make_scaler(config.scaler)
+    Xs = part if step == "passthrough" else step.fit(X).transform(part)
+    return Xs, len(part)
 
 
 def plan_sweep(run_dir: str, *, batches: int = 1) -> list[list[int]]:
@@ -134,14 +154,15 @@ def sweep_stage(
     run_dir: str, ks: list[int] | None = None, *, progress: Progress | None = None
 ) -> list[dict[str, Any]]:
     """SSE for each k of `ks` (default: the whole planned range) as `{"k", "sse"}` dicts."""
-    from custseg.preprocess import scale_features
     from custseg.sweep import sweep_k
 
     config, _ = _config(run_dir)
     if ks is None:
         ks = [k for part in plan_sweep(run_dir) for k in part]
-    X, _, _ = _features(run_dir)
-    Xs = scale_features(X, scaler=config.scaler)
+    X, _, _ = _features(run_dir, with_ids=False)
+    Xs, n_sample = _sweep_sample(config, X)
+    log.info("sweep: %d ks on %d of %d rows", len(ks), n_sample, len(X))
+    del X
     result = sweep_k(Xs, ks, seed=config.seed, n_init=config.n_init, progress=progress)
     return [
         {"k": k, "sse": sse, "seconds": round(result.seconds / len(ks), 4)}
@@ -151,26 +172,36 @@ def sweep_stage(
 
 def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
     """Choose k from the sweep, fit the final model at that k, write model and plots."""
+    from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
+    from threadpoolctl import threadpool_limits
+
+    from custseg.io import write_parquet
     from custseg.model import fit_segments, save_model
-    from custseg.preprocess import scale_features
     from custseg.report import elbow_png, profile_segments, segments_png
     from custseg.select import choose_k
-    from custseg.sweep import SweepResult
+    from custseg.sweep import SweepResult, heartbeat, make_kmeans
 
     config, _ = _config(run_dir)
     X, ids, info = _features(run_dir)
-    sweep = SweepResult.from_points(points, n_rows=len(X))
+    Xs, n_sample = _sweep_sample(config, X)
+    sweep = SweepResult.from_points(points, n_rows=n_sample)
     expected = [k for part in plan_sweep(run_dir) for k in part]
     if list(sweep.ks) != expected:
         raise RuntimeError(f"sweep covered ks {list(sweep.ks)}, expected {expected}")
-    Xs = scale_features(X, scaler=config.scaler)
     selection = choose_k(sweep, method=config.select, X=Xs, seed=config.seed)
     k = selection.chosen_k
     log.info("chose k=%d (%s): %s", k, selection.method, selection.reason)
-    model = fit_segments(
-        X, tuple(info["features"]), k=k, scaler=config.scaler, seed=config.seed,
-        n_init=config.n_init,
-    )  # fmt: skip
+    init = None
+    if n_sample < len(X):
+        # the sweep's own fit at k (same rows, same random state) seeds the full fit
+        with threadpool_limits(limits=1):
+            init = make_kmeans(k, seed=config.seed, n_init=config.n_init).fit(Xs).cluster_centers_
+    del Xs
+    with heartbeat(f"final fit: k={k} on {len(X)} rows"):
+        model = fit_segments(
+            X, tuple(info["features"]), k=k, scaler=config.scaler, seed=config.seed,
+            n_init=config.n_init, init=init,
+        )  # fmt: skip
     save_model(model, storage.join(run_dir, artifacts.MODEL_FILE))
     labels = model[-1].labels_
     from custseg.model import model_info
@@ -196,10 +227,9 @@ def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
     )
     assignments = pd.DataFrame({"segment": labels.astype(np.int64)})
     if ids is not None:
-        assignments.insert(0, info["id_column"], ids)
-    buf = io.BytesIO()
-    assignments.to_parquet(buf, index=False)
-    storage.write_bytes(storage.join(run_dir, "assignments.parquet"), buf.getvalue())
+        assignments.insert(0, info["id_column"], pd.arrays.ArrowExtensionArray(ids))
+    write_parquet(assignments, storage.join(run_dir, "assignments.parquet"))
+    log.info("wrote segment assignments of %d customers", len(assignments))
     train = {
         "run_dir": run_dir,
         "chosen_k": k,
@@ -207,7 +237,10 @@ def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
         "sse": {str(kk): v for kk, v in zip(sweep.ks, sweep.sse, strict=True)},
         "k_range": [sweep.ks[0], sweep.ks[-1]],
         "final_sse": float(model[-1].inertia_),
+        "final_n_iter": int(model[-1].n_iter_),
         "sweep_seconds": round(sweep.seconds, 3),
+        "sample_size": n_sample,
+        "n_rows_used": len(X),
     }
     artifacts.write_json(_work(run_dir, "train.json"), train)
     return {"run_dir": run_dir, "chosen_k": k, "reason": selection.reason}
@@ -273,6 +306,7 @@ def finish_stage(run_dir: str) -> dict[str, Any]:
         "k_range": train["k_range"],
         "sse": train["sse"],
         "final_sse": train["final_sse"],
+        "sample_size": train["sample_size"],
         "selection": train["selection"],
         "features": info["features"],
         "scaler": config.scaler,
@@ -311,9 +345,9 @@ def finish_stage(run_dir: str) -> dict[str, Any]:
 
 
 def _sha(run_dir: str) -> str:
-    from custseg.io import read_table
+    from custseg.io import table_metadata
 
-    return read_table(_work(run_dir, "customers.parquet")).sha256
+    return table_metadata(_work(run_dir, "customers.parquet"))["sha256"]
 
 
 def run_pipeline(

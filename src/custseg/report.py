@@ -53,10 +53,12 @@ def profile_segments(
     """
     cuts = np.quantile(X, [1 / 3, 2 / 3], axis=0).T
     n = len(labels)
-    counts = np.bincount(labels, minlength=len(centroids))
+    k = len(centroids)
+    counts = np.bincount(labels, minlength=k)
+    # per-segment sums in one pass per feature (no per-segment copies of the rows)
+    sums = np.stack([np.bincount(labels, weights=X[:, j], minlength=k) for j in range(X.shape[1])])
     rows: list[dict[str, Any]] = []
     for seg, centroid in enumerate(centroids):
-        members = X[labels == seg]
         row: dict[str, Any] = {
             "segment": seg,
             "size": int(counts[seg]),
@@ -66,7 +68,8 @@ def profile_segments(
         for j, f in enumerate(features):
             row[f"centroid {f}"] = round(float(centroid[j]), 4)
         for j, f in enumerate(features):
-            row[f"mean {f}"] = round(float(members[:, j].mean()), 4) if len(members) else None
+            mean = sums[j, seg] / counts[seg] if counts[seg] else None
+            row[f"mean {f}"] = None if mean is None else round(float(mean), 4)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +61,49 @@ def make_kmeans(k: int, *, seed: int, n_init: int) -> Any:
     return KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=kmeans_seed(seed, k))
 
 
+SAMPLE_MIN = 10_000
+SAMPLE_PER_CLUSTER = 200
+"""The automatic sweep sample: 200 rows per cluster of the largest k and per feature pair,
+at least 10,000 rows (all rows when the table is smaller)."""
+
+
+def auto_sample_size(n_rows: int, *, k_max: int, n_features: int) -> int:
+    """Rows the sweep uses when `sample_size` is None: enough that every k up to k_max
+    sees ~200 rows per cluster (per feature pair), at least 10,000; all rows if fewer."""
+    wanted = max(SAMPLE_MIN, SAMPLE_PER_CLUSTER * k_max * max(1, (n_features + 1) // 2))
+    return min(n_rows, wanted)
+
+
+def sample_rows(n_rows: int, *, size: int | None, seed: int) -> np.ndarray | None:
+    """Sorted row indices of the sweep sample, drawn from (seed, n_rows) alone, so every
+    Airflow batch and the final fit draw the same rows; None means all rows."""
+    if size is None or size >= n_rows:
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([seed, n_rows, 0x5EED]))
+    return np.sort(rng.choice(n_rows, size=size, replace=False))
+
+
+@contextlib.contextmanager
+def heartbeat(what: str, *, every: float = 5.0) -> Iterator[None]:
+    """Log `what: still running, Ns elapsed` every `every` seconds while the block runs,
+    so long steps (the final fit on all rows) show progress in CLI and Airflow task logs."""
+    done = threading.Event()
+    start = time.perf_counter()
+
+    def beat() -> None:
+        while not done.wait(every):
+            log.info("%s: still running, %.0fs elapsed", what, time.perf_counter() - start)
+
+    thread = threading.Thread(target=beat, name="custseg-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        log.info("%s: done in %.1fs", what, time.perf_counter() - start)
+
+
 def k_range(*, k_min: int, k_max: int, n_distinct: int) -> list[int]:
     """The ks to sweep: `k_min..k_max` inclusive, k_max clamped to the distinct points."""
     if k_min < 1:
@@ -77,6 +122,16 @@ def k_range(*, k_min: int, k_max: int, n_distinct: int) -> list[int]:
     return list(range(k_min, k_max + 1))
 
 
+def default_workers() -> int:
+    """Worker threads for the sweep: the cores this process may use."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def sweep_k(
     X: np.ndarray,
     ks: Iterable[int],
@@ -84,26 +139,44 @@ def sweep_k(
     seed: int,
     n_init: int,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> SweepResult:
-    """Fit K-Means for each k on scaled `X` and record its SSE (inertia)."""
+    """Fit K-Means for each k on scaled `X` and record its SSE (inertia).
+
+    The ks run on `workers` threads (default: the usable cores), each k single-threaded
+    (OpenMP/BLAS limited to 1 thread with threadpoolctl): sklearn's Lloyd loop releases the
+    GIL, so this uses every core without oversubscribing them. Each k has its own random
+    state, so the result is the same for any number of workers or batches.
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
+    from threadpoolctl import threadpool_limits
+
     ks = list(ks)
+    workers = max(1, min(workers or default_workers(), len(ks) or 1))
     start = time.perf_counter()
-    sse: list[float] = []
+    sse: dict[int, float] = {}
     last_log = start
-    for i, k in enumerate(ks, start=1):
-        model = make_kmeans(k, seed=seed, n_init=n_init).fit(X)
-        sse.append(float(model.inertia_))
-        now = time.perf_counter()
-        if progress is not None:
-            progress(i, len(ks), k, sse[-1])
-        if now - last_log >= 5.0 or i == len(ks):
-            log.info(
-                "sweep: k=%d done (%d/%d), %.1fs elapsed, %.2f k/s",
-                k,
-                i,
-                len(ks),
-                now - start,
-                i / max(now - start, 1e-9),
-            )
-            last_log = now
-    return SweepResult(tuple(ks), tuple(sse), int(X.shape[0]), time.perf_counter() - start)
+
+    def fit(k: int) -> float:
+        return float(make_kmeans(k, seed=seed, n_init=n_init).fit(X).inertia_)
+
+    with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as pool:
+        # largest k first: they take longest, so the threads finish together
+        futures = {pool.submit(fit, k): k for k in sorted(ks, reverse=True)}
+        for i, future in enumerate(as_completed(futures), start=1):
+            k = futures[future]
+            sse[k] = future.result()
+            now = time.perf_counter()
+            if progress is not None:
+                progress(i, len(ks), k, sse[k])
+            if now - last_log >= 5.0 or i == len(ks):
+                log.info(
+                    "sweep: k=%d done (%d/%d), %.1fs elapsed, %.2f k/s, %d rows, %d threads",
+                    k, i, len(ks), now - start, i / max(now - start, 1e-9), len(X), workers,
+                )  # fmt: skip
+                last_log = now
+    return SweepResult(
+        tuple(ks), tuple(sse[k] for k in ks), int(X.shape[0]), time.perf_counter() - start
+    )

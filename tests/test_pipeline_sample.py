@@ -1,0 +1,72 @@
+"""The sweep on a sample gives the same answer as the sweep on every row (moderate data)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from custseg import artifacts, storage
+from custseg.config import PipelineConfig
+from custseg.generate import generate_customers, write_table
+from custseg.pipeline import (
+    finish_stage,
+    fit_stage,
+    load_stage,
+    plan_sweep,
+    preprocess_stage,
+    start_run,
+    sweep_stage,
+)
+from custseg.select import choose_elbow
+from custseg.sweep import make_kmeans, sweep_k
+
+ROWS = 60_000
+CONFIG = PipelineConfig(k_min=1, k_max=12, n_init=3, seed=11)
+
+
+@pytest.fixture(scope="module")
+def sampled_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale")
+    frame = generate_customers(ROWS, segments=5, seed=3)
+    src = str(root / "customers.csv")
+    write_table(frame, src)
+    run = start_run(CONFIG, input_path=src, out=str(root / "out"), run_id="sampled")
+    load_stage(run["run_dir"])
+    preprocess_stage(run["run_dir"])
+    points = sweep_stage(run["run_dir"])
+    fit_stage(run["run_dir"], points)
+    finish_stage(run["run_dir"])
+    metrics = artifacts.read_json(storage.join(run["run_dir"], "metrics.json"))
+    return run["run_dir"], frame, points, metrics
+
+
+def test_sample_sweep_matches_the_full_computation(sampled_run):
+    run_dir, frame, _, metrics = sampled_run
+    assert metrics["sample_size"] == 10_000 < metrics["n_rows_used"] == ROWS
+    X = frame[["Annual Income (k$)", "Spending Score (1-100)"]].to_numpy(dtype=float)
+    Xs = (X - X.min(axis=0)) / np.ptp(X, axis=0)
+    ks = range(CONFIG.k_min, CONFIG.k_max + 1)
+    full = sweep_k(Xs, ks, seed=CONFIG.seed, n_init=CONFIG.n_init)
+    assert choose_elbow(full).chosen_k == metrics["chosen_k"] == 5
+    best_full = min(
+        make_kmeans(5, seed=s, n_init=1).fit(Xs).inertia_ for s in range(CONFIG.n_init + 2)
+    )
+    assert metrics["final_sse"] <= best_full * 1.01
+    assignments = pd.read_parquet(storage.join(run_dir, "assignments.parquet"))
+    assert len(assignments) == ROWS and assignments["CustomerID"].iloc[-1] == f"{ROWS:05d}"
+    truth = pd.crosstab(frame["segment"], assignments["segment"])
+    assert (truth.max(axis=1) / truth.sum(axis=1)).min() > 0.9  # segments recovered
+
+
+def test_mapped_batches_give_the_single_task_sweep(sampled_run):
+    run_dir, _, points, _ = sampled_run
+    batches = plan_sweep(run_dir, batches=3)
+    merged = sorted((p for ks in reversed(batches) for p in sweep_stage(run_dir, ks)),
+                    key=lambda p: p["k"])  # fmt: skip
+    assert [(p["k"], p["sse"]) for p in merged] == [(p["k"], p["sse"]) for p in points]
+
+
+def test_sweep_is_deterministic_on_the_sample(sampled_run):
+    run_dir, _, points, _ = sampled_run
+    again = sweep_stage(run_dir, [2, 5, 9])
+    by_k = {p["k"]: p["sse"] for p in points}
+    assert [p["sse"] for p in again] == [by_k[2], by_k[5], by_k[9]]
