@@ -41,7 +41,7 @@ def sampled_run(tmp_path_factory):
 
 def test_sample_sweep_matches_the_full_computation(sampled_run):
     run_dir, frame, _, metrics = sampled_run
-    assert metrics["sample_size"] == 10_000 < metrics["n_rows_used"] == ROWS
+    assert metrics["sample_size"] == 5_000 < metrics["n_rows_used"] == ROWS
     X = frame[["Annual Income (k$)", "Spending Score (1-100)"]].to_numpy(dtype=float)
     Xs = (X - X.min(axis=0)) / np.ptp(X, axis=0)
     ks = range(CONFIG.k_min, CONFIG.k_max + 1)

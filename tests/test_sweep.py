@@ -61,9 +61,9 @@ def test_sample_rows_depend_only_on_seed_and_size():
 
 def test_auto_sample_size_grows_with_k_and_features_and_caps_at_n():
     assert auto_sample_size(200, k_max=50, n_features=2) == 200
-    assert auto_sample_size(10_000_000, k_max=50, n_features=2) == 10_000
-    assert auto_sample_size(10_000_000, k_max=100, n_features=2) == 20_000
-    assert auto_sample_size(10_000_000, k_max=50, n_features=6) == 30_000
+    assert auto_sample_size(10_000_000, k_max=50, n_features=2) == 5_000
+    assert auto_sample_size(10_000_000, k_max=100, n_features=2) == 10_000
+    assert auto_sample_size(10_000_000, k_max=50, n_features=6) == 15_000
 
 
 def test_sweep_same_for_any_number_of_workers():

@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--n-init", type=int, default=DEFAULT_N_INIT, help="K-Means initialisations per k"
     )
+    run.add_argument(
+        "--sample-size",
+        type=int,
+        default=None,
+        metavar="ROWS",
+        help="rows the k sweep and the selection criteria use (default: automatic, "
+        "max(5000, 100 * k_max per feature pair); the final model always uses every row)",
+    )
     run.add_argument("--out", default="artifacts", help="artifacts root (OUT)")
     run.add_argument("--run-id", help="name of the run directory (default: time + random)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -268,7 +276,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = PipelineConfig(
         features=tuple(args.features), k_min=args.k_min, k_max=args.k_max, scaler=args.scaler,
-        select=args.select, seed=args.seed, n_init=args.n_init,
+        select=args.select, seed=args.seed, n_init=args.n_init, sample_size=args.sample_size,
     )  # fmt: skip
     bar = ProgressBar("sweep", enabled=not args.no_progress and sys.stderr.isatty())
     summary = run_pipeline(config, input_path=args.input, out=args.out, test_path=args.test,

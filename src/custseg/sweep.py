@@ -61,15 +61,17 @@ def make_kmeans(k: int, *, seed: int, n_init: int) -> Any:
     return KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=kmeans_seed(seed, k))
 
 
-SAMPLE_MIN = 10_000
-SAMPLE_PER_CLUSTER = 200
-"""The automatic sweep sample: 200 rows per cluster of the largest k and per feature pair,
-at least 10,000 rows (all rows when the table is smaller)."""
+SAMPLE_MIN = 5_000
+SAMPLE_PER_CLUSTER = 100
+"""The automatic sweep sample: 100 rows per cluster of the largest k and per feature pair,
+at least 5,000 rows (all rows when the table is smaller). The SSE curve of such a sample is
+the full curve scaled by sample/rows up to sampling noise, so its elbow is the same;
+tests/test_pipeline_sample.py and bench/scale.py check that on data with known segments."""
 
 
 def auto_sample_size(n_rows: int, *, k_max: int, n_features: int) -> int:
     """Rows the sweep uses when `sample_size` is None: enough that every k up to k_max
-    sees ~200 rows per cluster (per feature pair), at least 10,000; all rows if fewer."""
+    sees ~100 rows per cluster (per feature pair), at least 5,000; all rows if fewer."""
     wanted = max(SAMPLE_MIN, SAMPLE_PER_CLUSTER * k_max * max(1, (n_features + 1) // 2))
     return min(n_rows, wanted)
 
