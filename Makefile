@@ -12,7 +12,7 @@ AIRFLOW_PORT ?= 8080
 RUN_CONF ?= {"input_path": "data/sample/customers.csv", "test_path": "data/sample/test.csv"}
 AIRFLOW_ENV = AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False \
-	CUSTSEG_HOME=$(CURDIR) CUSTSEG_ARTIFACTS_ROOT=$(abspath $(OUT))
+	CUSTSEG_HOME=$(CURDIR) CUSTSEG_ARTIFACTS_ROOT=$(abspath $(OUT)) PATH="$(BIN):$$PATH"
 
 .PHONY: run test venv lint cli-run airflow clean help
 
