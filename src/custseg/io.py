@@ -573,8 +573,10 @@ def write_parquet(frame: pd.DataFrame, uri: str, *, metadata: dict[str, Any] | N
         arrow = arrow.replace_schema_metadata(
             {**(arrow.schema.metadata or {}), b"custseg": json.dumps(metadata).encode()}
         )
+    # dictionary-encoding near-unique ids costs a failed attempt per page: numbers only
+    dictionary = [f.name for f in arrow.schema if not pa.types.is_string(f.type)]
     with storage.open_file(uri, "wb") as fh:
-        pq.write_table(arrow, fh, **WORK_PARQUET)
+        pq.write_table(arrow, fh, use_dictionary=dictionary, **WORK_PARQUET)
 
 
 def read_parquet(uri: str, *, columns: list[str] | None = None) -> Any:
