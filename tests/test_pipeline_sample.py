@@ -70,3 +70,18 @@ def test_sweep_is_deterministic_on_the_sample(sampled_run):
     again = sweep_stage(run_dir, [2, 5, 9])
     by_k = {p["k"]: p["sse"] for p in points}
     assert [p["sse"] for p in again] == [by_k[2], by_k[5], by_k[9]]
+
+
+def test_large_run_artifacts_are_light_and_consistent(sampled_run):
+    from custseg.io import read_table, table_metadata
+
+    run_dir, frame, _, metrics = sampled_run
+    customers = storage.join(run_dir, "work", "customers.parquet")
+    assert table_metadata(customers)["sha256"] == metrics["data_sha256"]
+    table = read_table(customers)
+    assert isinstance(table.frame["CustomerID"].dtype, pd.ArrowDtype)  # no Python str objects
+    profile = pd.read_csv(storage.join(run_dir, "profile.csv"))
+    assignments = pd.read_parquet(storage.join(run_dir, "assignments.parquet"))
+    assert profile["size"].sum() == ROWS
+    income = frame["Annual Income (k$)"].groupby(assignments["segment"].to_numpy()).mean()
+    np.testing.assert_allclose(profile["mean Annual Income (k$)"], income.round(4), atol=1e-4)

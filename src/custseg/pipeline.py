@@ -262,6 +262,7 @@ def finish_stage(run_dir: str) -> dict[str, Any]:
     from custseg.io import load_customers
     from custseg.model import load_model, model_info, predict_segments
     from custseg.report import report_html
+    from custseg.sweep import heartbeat
 
     config, state = _config(run_dir)
     info = artifacts.read_json(_work(run_dir, "preprocess.json"))
@@ -274,10 +275,11 @@ def finish_stage(run_dir: str) -> dict[str, Any]:
     if state.get("test"):
         test = load_customers(state["test"], features=tuple(info["features"]),
                               needed_by="the model of this run")  # fmt: skip
-        pred = predict_segments(model, test, train_min=info["feature_min"],
-                                train_max=info["feature_max"])  # fmt: skip
-        storage.write_bytes(storage.join(run_dir, "predictions.csv"),
-                            pred.to_csv(index=False).encode())  # fmt: skip
+        with heartbeat(f"predict: {test.n_rows_read} test customers"):
+            pred = predict_segments(model, test, train_min=info["feature_min"],
+                                    train_max=info["feature_max"])  # fmt: skip
+            storage.write_bytes(storage.join(run_dir, "predictions.csv"),
+                                pred.to_csv(index=False).encode())  # fmt: skip
         n_far = int((pred["out_of_range"] != "").sum())
         if n_far:
             warnings.append(
