@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +19,7 @@ import pytest
 from custseg import artifacts, storage
 from custseg.config import PipelineConfig
 from custseg.pipeline import run_pipeline
+from tests.s3_server import moto_s3, use_endpoint
 
 CONFIG = PipelineConfig(k_min=1, k_max=5, n_init=3)
 RUN_FILES = {
@@ -75,57 +73,18 @@ def test_memory_uri_pipeline_matches_local(local_run, sample_csv, sample_test_cs
     fs.rm(root.split("://", 1)[1], recursive=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
     """A real S3 API (moto's server) on 127.0.0.1, in its own process; yields its URL."""
-    pytest.importorskip("s3fs", reason="s3fs not installed (extra `s3`)")
-    server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
-    if server is None:
-        pytest.skip("moto_server not installed (dev dependency moto[server])")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = log.read_text()[-2000:]
-                    raise RuntimeError(f"moto_server did not start: {tail}") from None
-                time.sleep(0.2)
+    with moto_s3(tmp_path_factory.mktemp("moto")) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-          "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
 
 
 def test_s3_pipeline_on_real_endpoint(s3_endpoint, local_run, sample_csv, sample_test_csv,
                                       monkeypatch, tmp_path):  # fmt: skip
     """run_pipeline with input and artifacts on s3://, then `custseg predict` from s3 in a
     separate process configured only through the environment (as an Airflow worker would be)."""
-    for key, value in S3_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3_endpoint})
+    use_endpoint(monkeypatch, s3_endpoint)
     bucket = f"custseg-{uuid.uuid4().hex[:8]}"
     fs = fsspec.filesystem("s3", endpoint_url=s3_endpoint)
     fs.mkdir(bucket)
