@@ -295,10 +295,12 @@ def test_non_numeric_cells_drop_their_rows_with_lines(capsys, tmp_path):
 
 
 def test_infinities_drop_their_rows(capsys, tmp_path):
-    path = write(tmp_path / "inf.csv", GOOD + "31,M,20,inf,50\n32,M,20,60,-Infinity\n")
+    path = write(tmp_path / "inf.csv", GOOD + "31,M,20,inf,50\n32,M,20,60,-Infinity\n"
+                                              "33,M,20,1e308,50\n34,M,20,1e99,50\n")  # fmt: skip
     stdout, _, metrics = _ok_run(capsys, tmp_path, path)
-    assert metrics["n_rows_dropped"] == {"non_finite": 2}
-    assert "infinite value(s) (line 32)" in stdout and "(line 33)" in stdout
+    assert metrics["n_rows_dropped"] == {"non_finite": 3}  # 1e99 is kept: it does not overflow
+    assert "column 'Annual Income (k$)' has 2 infinite or huge (|x| >= 1e+100)" in stdout
+    assert "(line 32, 34)" in stdout and "(line 33)" in stdout
 
 
 def test_duplicates_and_conflicting_ids_are_counted(capsys, tmp_path):

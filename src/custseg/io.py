@@ -36,6 +36,8 @@ MISSING_TOKENS: tuple[str, ...] = (
 DELIMITERS: tuple[str, ...] = (",", ";", "\t", "|")
 ID_NAMES: tuple[str, ...] = ("customerid", "customer", "custid", "clientid", "id")
 _ALIASES = {"gender": "genre"}  # Mall Customers files use either name for the same column
+HUGE = 1e100
+"""Feature values this large (or infinite) are dropped: squaring them in K-Means overflows."""
 _HEAD_BYTES = 1 << 16
 _MAX_REPORTED = 5
 
@@ -499,12 +501,14 @@ def _load(
             values, bad, more = _coerce_numeric(uri, col, series, line_of)
             invalid_rows["non_numeric"].append(bad)
             warnings.extend(more)
-        infinite = np.flatnonzero(np.isinf(values))
+        with np.errstate(invalid="ignore"):
+            infinite = np.flatnonzero(np.abs(values) >= HUGE)
         if infinite.size:
             lines = ", ".join(str(line_of(int(r))) for r in infinite[:_MAX_REPORTED])
             warnings.append(
-                f"{uri}: column {col!r} has {infinite.size} infinite value(s) (line {lines}"
-                f"{', ...' if infinite.size > _MAX_REPORTED else ''}); those rows are dropped"
+                f"{uri}: column {col!r} has {infinite.size} infinite or huge (|x| >= {HUGE:g}) "
+                f"value(s) (line {lines}{', ...' if infinite.size > _MAX_REPORTED else ''}); "
+                "those rows are dropped"
             )
             values = values.copy()
             values[infinite] = np.nan
