@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from custseg.cli import main
@@ -369,6 +370,7 @@ def test_delimiter_detection_ignores_quoted_commas(tmp_path, plain):
         ("bz2", bz2.compress),
         ("xz", lzma.compress),
         ("zip", lambda b: zipped({"export/customers.csv": b})),
+        ("zstd", lambda b: pa.compress(b, codec="zstd", asbytes=True)),
     ],
 )
 def test_compressed_inputs_read_like_plain(tmp_path, plain, kind, pack):
