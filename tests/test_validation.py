@@ -396,3 +396,23 @@ def test_internal_error_exits_1_and_points_at_the_log(capsys, tmp_path):
     assert f"details in {log_file}" in err
     text = log_file.read_text()
     assert "Traceback (most recent call last)" in text and "IsADirectoryError" in text
+
+
+def test_internal_error_without_out_dir_points_at_a_temp_log(capsys, base, tmp_path):
+    """`predict` has no OUT: a damaged run directory's traceback goes to a temporary log."""
+    import shutil
+
+    _, out = base
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(out / "runs" / "base", run_dir)
+    (run_dir / "work" / "preprocess.json").unlink()  # complete-looking, but damaged
+    test = write(
+        tmp_path / "t.csv", "CustomerID,Annual Income (k$),Spending Score (1-100)\n1,5,5\n"
+    )
+    rc, _, err = run_cli(capsys, "predict", "--model", run_dir, "--input", test,
+                         "--out", tmp_path / "p.csv")  # fmt: skip
+    assert rc == 1 and "custseg: internal error: FileNotFoundError" in err
+    assert "Traceback" not in err
+    log_path = Path(err.strip().rsplit("details in ", 1)[1])
+    assert log_path.name.startswith("custseg-error-") and "preprocess.json" in log_path.read_text()
+    log_path.unlink()
