@@ -167,6 +167,11 @@ BAD_FILES: dict[str, tuple[bytes | str, tuple[str, ...], tuple[str, ...]]] = {
         (),
         ("feature 'Spending Score (1-100)' is constant", "50 in every usable row"),
     ),
+    "unknown_delimiter": (
+        GOOD.replace(",", ":"),
+        (),
+        ("header is one column 'CustomerID:Genre:Age:", "no , ; tab or | delimiter"),
+    ),
     "damaged_gzip": (gzip.compress(GOOD.encode())[:40], (), ("gzip file is damaged",)),
     "zip_with_two_files": (
         zipped({"a.csv": GOOD.encode(), "b.csv": GOOD.encode()}),

@@ -456,6 +456,11 @@ def _load(
         _check_header(uri, header)
         if delimiter != ",":
             log.info("%s: detected delimiter %r", uri, delimiter)
+        if len(header) == 1 and not all(_name_keys(f) & _name_keys(header[0]) for f in features):
+            raise InputError(
+                f"{uri}: the header is one column {header[0][:60]!r}: no , ; tab or | delimiter "
+                "found; export the table with one of those delimiters"
+            )
         feats = [resolve_column(f, header, source=uri, needed_by=needed_by) for f in features]
         _check_distinct(uri, features, feats)
         idc = resolve_column(id_column, header, source=uri) if id_column else find_id_column(header)
