@@ -421,3 +421,16 @@ def test_internal_error_without_out_dir_points_at_a_temp_log(capsys, base, tmp_p
     log_path = Path(err.strip().rsplit("details in ", 1)[1])
     assert log_path.name.startswith("custseg-error-") and "preprocess.json" in log_path.read_text()
     log_path.unlink()
+
+
+def test_excel_sep_line_and_blank_lines_before_header(capsys, tmp_path):
+    """Excel's `sep=;` first line names the delimiter; leading blank lines are skipped; the
+    reported line numbers are the file's own (line 1 is the first line of the file)."""
+    body = GOOD.replace(",", ";")
+    text = "sep=;\n\n" + body + "31;M;20;?;50\n32;M;20;abc;50\n"  # header on line 3
+    stdout, _, metrics = _ok_run(capsys, tmp_path, write(tmp_path / "sep.csv", text))
+    assert metrics["n_rows_read"] == 32 and metrics["n_rows_used"] == 30
+    assert "(line 35: 'abc')" in stdout  # 3 + 30 rows + 2
+    assert "missing a feature in ['Annual Income (k$)'] (line 34)" in stdout
+    t = load_customers(str(write(tmp_path / "blank.csv", "\n\n" + GOOD)))
+    assert t.n_rows_read == 30 and t.line_of(0) == 4

@@ -70,10 +70,12 @@ class CustomerTable:
     sha256: str
     invalid: dict[str, np.ndarray] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    header_line: int = 1
 
     def line_of(self, row: int) -> int:
-        """1-based line of data row `row` (the header is line 1); Parquet rows count from 1."""
-        return row + 2 if self.file_format != "parquet" else row + 1
+        """1-based line of data row `row` (the header is on `header_line`, usually 1; blank
+        lines between data rows are not counted); Parquet rows count from 1."""
+        return row + self.header_line + 1 if self.file_format != "parquet" else row + 1
 
 
 def normalize_name(name: str) -> str:
@@ -251,20 +253,28 @@ def _decode_head(uri: str, head: bytes) -> str:
         return head.decode("utf-8", errors="replace")
 
 
-def _split_header(uri: str, text: str) -> tuple[list[str], str]:
-    """The header's column names and the delimiter (`,`, `;`, tab or `|`).
+def _split_header(uri: str, text: str) -> tuple[list[str], str, int]:
+    """The header's column names, the delimiter (`,`, `;`, tab or `|`) and the header's line.
 
-    The delimiter is the candidate that splits the header into the most fields and the
-    next lines into as many; ties go to the comma.
+    Blank lines before the header are skipped, and so is Excel's `sep=;` line, which names
+    the delimiter. Otherwise the delimiter is the candidate that splits the header into the
+    most fields and the next lines into as many; ties go to the comma.
     """
     import csv
 
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
+    raw = [ln.rstrip("\r") for ln in text.split("\n")]
+    at = [i for i, ln in enumerate(raw) if ln.strip()]
+    if not at:
         raise InputError(f"{uri}: file has no header line (only blank lines)")
+    forced = re.fullmatch(r'"?sep=(.)"?', raw[at[0]].strip(" "))
+    if forced:
+        at = at[1:]
+        if not at:
+            raise InputError(f"{uri}: only a 'sep=' line, no header; export the table again")
+    lines = [raw[i] for i in at]
     sample = lines[:20] if len(lines) > 1 else lines
     best, best_score = ",", (-1, -1)
-    for delim in DELIMITERS:
+    for delim in (forced.group(1),) if forced else DELIMITERS:
         counts = [len(row) for row in csv.reader(sample, delimiter=delim)]
         if counts[0] < 2:
             continue
@@ -274,7 +284,7 @@ def _split_header(uri: str, text: str) -> tuple[list[str], str]:
             best, best_score = delim, score
     header = next(csv.reader([lines[0]], delimiter=best))
     header = [h.strip() for h in header]
-    return header, best
+    return header, best, at[0] + 1
 
 
 def _check_distinct(uri: str, features: Any, resolved: list[str]) -> None:
@@ -297,7 +307,12 @@ def _check_header(uri: str, header: list[str]) -> None:
 
 
 def _read_csv_arrow(
-    data: bytes | str, delimiter: str, header: list[str], wanted: list[str], as_text: set[str]
+    data: bytes | str,
+    delimiter: str,
+    header: list[str],
+    wanted: list[str],
+    as_text: set[str],
+    header_line: int = 1,
 ) -> Any:
     """Parse the wanted columns of the CSV in `data` (bytes, or a local file path that pyarrow
     streams natively and parses in parallel blocks without holding the file in memory)."""
@@ -312,10 +327,10 @@ def _read_csv_arrow(
         strings_can_be_null=True,
         quoted_strings_can_be_null=True,
     )
-    read = pacsv.ReadOptions(column_names=header, skip_rows=1, block_size=1 << 24)
+    read = pacsv.ReadOptions(column_names=header, skip_rows=header_line, block_size=1 << 24)
     parse = pacsv.ParseOptions(delimiter=delimiter)
     if isinstance(data, str):
-        # skip_rows=1 skips the header line we already parsed (a UTF-8 BOM goes with it)
+        # skip_rows skips the lines up to the header we already parsed (and a UTF-8 BOM)
         with pa.input_stream(data) as source:
             return pacsv.read_csv(source, read, parse, convert)
     return pacsv.read_csv(pa.BufferReader(data), read, parse, convert)
@@ -440,6 +455,7 @@ def _load(
 ) -> CustomerTable:
     kind = sniff_format(uri)
     warnings: list[str] = []
+    header_line = 1
     if kind == "parquet":
         frame, header = _read_parquet(uri, features, id_column, needed_by)
         file_format = "parquet"
@@ -452,7 +468,7 @@ def _load(
         if not head.strip():
             raise InputError(f"{uri}: file is empty (no header, no rows); export the table again")
         text = _decode_head(uri, head)
-        header, delimiter = _split_header(uri, text)
+        header, delimiter, header_line = _split_header(uri, text)
         _check_header(uri, header)
         if delimiter != ",":
             log.info("%s: detected delimiter %r", uri, delimiter)
@@ -469,12 +485,12 @@ def _load(
         import pyarrow as pa
 
         try:
-            table = _read_csv_arrow(data, delimiter, header, wanted, as_text)
+            table = _read_csv_arrow(data, delimiter, header, wanted, as_text, header_line)
         except pa.ArrowInvalid as exc:
             if "conversion error" not in str(exc).lower() or "UTF8" in str(exc):
                 raise _arrow_error(uri, exc, _as_bytes(uri, kind, data), header) from None
             try:
-                table = _read_csv_arrow(data, delimiter, header, wanted, set(wanted))
+                table = _read_csv_arrow(data, delimiter, header, wanted, set(wanted), header_line)
             except pa.ArrowInvalid as exc2:
                 raise _arrow_error(uri, exc2, _as_bytes(uri, kind, data), header) from None
         del data
@@ -490,7 +506,7 @@ def _load(
     idc = idc or find_id_column(list(frame.columns))
 
     def line_of(row: int) -> int:
-        return row + 2 if file_format != "parquet" else row + 1
+        return row + header_line + 1 if file_format != "parquet" else row + 1
 
     invalid_rows: dict[str, list[np.ndarray]] = {"non_numeric": [], "non_finite": []}
     out = pd.DataFrame(index=pd.RangeIndex(n_rows))
@@ -536,6 +552,7 @@ def _load(
         sha256="",  # filled in by load_customers, hashed beside the parse
         invalid={k: v for k, v in invalid.items() if v.size},
         warnings=tuple(warnings),
+        header_line=header_line,
     )
 
 
@@ -611,6 +628,7 @@ def save_table(table: CustomerTable, uri: str) -> None:
         "n_rows_read": table.n_rows_read,
         "sha256": table.sha256,
         "warnings": list(table.warnings),
+        "header_line": table.header_line,
     }
     write_parquet(frame, uri, metadata=meta)
 
@@ -649,4 +667,5 @@ def read_table(uri: str) -> CustomerTable:
         sha256=meta["sha256"],
         invalid=invalid,
         warnings=tuple(meta["warnings"]),
+        header_line=int(meta.get("header_line", 1)),
     )
