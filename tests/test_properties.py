@@ -72,7 +72,8 @@ def tables(draw) -> tuple[bytes, int]:
     writer = csv.writer(buf, delimiter=delim, lineterminator=draw(st.sampled_from(["\n", "\r\n"])))
     writer.writerow(header)
     writer.writerows(rows)
-    data = buf.getvalue().encode()
+    prefix = draw(st.sampled_from(["", "", "", "\n", "\r\n\n", f"sep={delim}\n"]))
+    data = (prefix + buf.getvalue()).encode()  # Excel's sep= line, blank lines before the header
     if draw(st.booleans()):
         data = b"\xef\xbb\xbf" + data
     return data, n_rows

@@ -275,14 +275,22 @@ def _split_header(uri: str, text: str) -> tuple[list[str], str, int]:
     sample = lines[:20] if len(lines) > 1 else lines
     best, best_score = ",", (-1, -1)
     for delim in (forced.group(1),) if forced else DELIMITERS:
-        counts = [len(row) for row in csv.reader(sample, delimiter=delim)]
-        if counts[0] < 2:
+        try:  # a stream, not a list of lines, so quoted fields may hold line breaks
+            counts = [
+                len(row) for row in csv.reader(io.StringIO("\n".join(sample)), delimiter=delim)
+            ]
+        except csv.Error:
+            continue
+        if not counts or counts[0] < 2:
             continue
         consistent = sum(c == counts[0] for c in counts[1:])
         score = (consistent, counts[0])
         if score > best_score:
             best, best_score = delim, score
-    header = next(csv.reader([lines[0]], delimiter=best))
+    try:
+        header = next(csv.reader(io.StringIO(lines[0]), delimiter=best), [])
+    except csv.Error as exc:
+        raise InputError(f"{uri}: cannot read the header line ({exc}); check its quoting") from None
     header = [h.strip() for h in header]
     return header, best, at[0] + 1
 
