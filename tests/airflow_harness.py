@@ -331,6 +331,7 @@ class Chromium:
             env=os.environ, log_dir=log_dir,
         )  # fmt: skip
         self._ws: Any = None
+        self._exits = contextlib.ExitStack()
         self._id = 0
 
     def connect(self, *, timeout: float = 60.0) -> None:
@@ -343,7 +344,8 @@ class Chromium:
             return next((p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page"), None)
 
         url = wait_for("chromium's DevTools endpoint", page_ws, timeout=timeout, interval=0.5)
-        self._ws = connect(url, max_size=64 * 1024 * 1024, open_timeout=30)
+        self._ws = self._exits.enter_context(connect(url, max_size=64 * 1024 * 1024,
+                                                     open_timeout=30))  # fmt: skip
         self.send("Page.enable")
         self.send("Network.enable")
 
@@ -379,9 +381,8 @@ class Chromium:
         return path
 
     def close(self) -> None:
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                self._ws.close()
+        with contextlib.suppress(Exception):
+            self._exits.close()
 
 
 @contextlib.contextmanager
