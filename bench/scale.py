@@ -99,7 +99,8 @@ def classic(X: np.ndarray, *, mode: str, threads: int | None) -> dict:
         if mode == "full":
             times, sse = zip(*(fit(k, 10) for k in CLASSIC_KS), strict=True)
             knee = KneeLocator(CLASSIC_KS, list(sse), curve="convex", direction="decreasing").knee
-            return {"seconds": sum(times), "k": knee, "how": "measured"}
+            k = None if knee is None else int(knee)
+            return {"seconds": sum(times), "k": k, "how": "measured (all 49 ks, 10 inits)"}
         ks, inits = (ESTIMATE_KS, 2) if len(X) <= 1_000_000 else (ESTIMATE_KS_LARGE, 1)
         per_k = [fit(k, inits)[0] * 10 / inits for k in ks]
     total = float(np.interp(CLASSIC_KS, ks, per_k).sum())
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         r = bench_one(n, work, classic_mode=mode, classic_threads=args.classic_threads or None)
         r["load_avg"] = os.getloadavg()
         results.append(r)
-        print(json.dumps(r), file=sys.stderr, flush=True)
+        print(json.dumps(r, default=float), file=sys.stderr, flush=True)
     head = (
         "| N | custseg run s | classic s | speedup | run / I/O floor | I/O floor s | "
         "peak RSS GB | k custseg | k classic | sweep sample | final SSE / best-of-10 | load |"
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"# {label(r['n'])}: classic {r['classic_how']}; custseg select={r['select']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
     return 0
 
 
