@@ -434,3 +434,19 @@ def test_excel_sep_line_and_blank_lines_before_header(capsys, tmp_path):
     assert "missing a feature in ['Annual Income (k$)'] (line 34)" in stdout
     t = load_customers(str(write(tmp_path / "blank.csv", "\n\n" + GOOD)))
     assert t.n_rows_read == 30 and t.line_of(0) == 4
+
+
+def test_parquet_problems_name_rows(capsys, base, tmp_path):
+    """Parquet has no lines: the messages count rows from 1."""
+    frame = pd.read_csv(io.StringIO(GOOD), dtype={"CustomerID": str})
+    frame["Annual Income (k$)"] = frame["Annual Income (k$)"].astype(str)
+    frame.loc[3, "Annual Income (k$)"] = "abc"
+    frame["Spending Score (1-100)"] = frame["Spending Score (1-100)"].astype(float)
+    frame.loc[5, "Spending Score (1-100)"] = float("inf")
+    frame.to_parquet(tmp_path / "t.parquet")
+    stdout, _, metrics = _ok_run(capsys, tmp_path, tmp_path / "t.parquet")
+    assert metrics["n_rows_dropped"] == {"non_numeric": 1, "non_finite": 1}
+    assert "(row 4: 'abc')" in stdout and "value(s) (row 6)" in stdout
+    broken = write(tmp_path / "b.parquet", (tmp_path / "t.parquet").read_bytes()[:300])
+    line = fails(capsys, base, broken, words=("not a readable Parquet file",))
+    assert str(broken) in line

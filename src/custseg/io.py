@@ -72,6 +72,11 @@ class CustomerTable:
     warnings: tuple[str, ...] = ()
     header_line: int = 1
 
+    @property
+    def line_word(self) -> str:
+        """What `line_of` counts: `line` of a CSV file, `row` of a Parquet file."""
+        return "row" if self.file_format == "parquet" else "line"
+
     def line_of(self, row: int) -> int:
         """1-based line of data row `row` (the header is on `header_line`, usually 1; blank
         lines between data rows are not counted); Parquet rows count from 1."""
@@ -409,7 +414,7 @@ def _arrow_error(uri: str, exc: Exception, data: bytes, header: list[str]) -> In
 
 
 def _coerce_numeric(
-    uri: str, column: str, text: pd.Series, line_of: Any
+    uri: str, column: str, text: pd.Series, line_of: Any, word: str = "line"
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Floats of a text column, the rows that held non-numbers, and warnings naming them."""
     stripped = text.astype("string").str.strip()
@@ -419,7 +424,7 @@ def _coerce_numeric(
     n_present = int(present.sum())
     warnings: list[str] = []
     if bad.size:
-        examples = ", ".join(f"line {line_of(int(r))}: {stripped.iloc[r]!r}" for r in bad[:3])
+        examples = ", ".join(f"{word} {line_of(int(r))}: {stripped.iloc[r]!r}" for r in bad[:3])
         if bad.size * 2 > n_present:
             raise InputError(
                 f"{uri}: column {column!r} is not numeric ({bad.size} of {n_present} values are "
@@ -516,6 +521,8 @@ def _load(
     def line_of(row: int) -> int:
         return row + header_line + 1 if file_format != "parquet" else row + 1
 
+    word = "row" if file_format == "parquet" else "line"
+
     invalid_rows: dict[str, list[np.ndarray]] = {"non_numeric": [], "non_finite": []}
     out = pd.DataFrame(index=pd.RangeIndex(n_rows))
     if idc:
@@ -527,7 +534,7 @@ def _load(
         ):
             values = series.to_numpy(dtype="float64", na_value=np.nan)
         else:
-            values, bad, more = _coerce_numeric(uri, col, series, line_of)
+            values, bad, more = _coerce_numeric(uri, col, series, line_of, word)
             invalid_rows["non_numeric"].append(bad)
             warnings.extend(more)
         with np.errstate(invalid="ignore"):
@@ -536,7 +543,7 @@ def _load(
             lines = ", ".join(str(line_of(int(r))) for r in infinite[:_MAX_REPORTED])
             warnings.append(
                 f"{uri}: column {col!r} has {infinite.size} infinite or huge (|x| >= {HUGE:g}) "
-                f"value(s) (line {lines}{', ...' if infinite.size > _MAX_REPORTED else ''}); "
+                f"value(s) ({word} {lines}{', ...' if infinite.size > _MAX_REPORTED else ''}); "
                 "those rows are dropped"
             )
             values = values.copy()

@@ -142,7 +142,7 @@ def prepare_features(table: CustomerTable, *, distinct_cap: int | None = None) -
         cols = [c for c in feats if frame[c].isna().any()]
         warnings.append(
             f"{table.source}: dropped {dropped['missing']} row(s) missing a feature in "
-            f"{cols} (line {lines}{', ...' if dropped['missing'] > 5 else ''})"
+            f"{cols} ({table.line_word} {lines}{', ...' if dropped['missing'] > 5 else ''})"
         )
     ids = frame[table.id_column] if table.id_column else np.arange(1, n + 1, dtype=np.int64)
     dup = np.zeros(n, dtype=bool)
@@ -157,7 +157,8 @@ def prepare_features(table: CustomerTable, *, distinct_cap: int | None = None) -
         if repeated.any():
             rows = conflicts.index[repeated]
             sample = ", ".join(
-                f"{frame.at[r, table.id_column]!r} (line {table.line_of(int(r))})" for r in rows[:5]
+                f"{frame.at[r, table.id_column]!r} ({table.line_word} {table.line_of(int(r))})"
+                for r in rows[:5]
             )
             warnings.append(
                 f"{table.source}: {int(repeated.sum())} customer id(s) repeat with different "
