@@ -109,3 +109,43 @@ def test_no_pickle_loading_anywhere_in_the_code():
     hits = [f"{p.relative_to(root)}: {m.group(0).strip()}" for p in files
             for m in banned.finditer(p.read_text())]  # fmt: skip
     assert hits == []
+
+
+def test_align_segments_keeps_ids_of_matching_centroids():
+    from custseg.model import align_segments
+
+    old = np.array([[10.0, 10.0], [50.0, 50.0], [90.0, 10.0]])
+    new = np.array([[89.0, 12.0], [11.0, 9.0], [51.0, 48.0]])  # same segments, other order
+    al = align_segments(new, old)
+    assert al.order == (2, 0, 1) and al.max_distance == pytest.approx(0.5 * np.hypot(40, 40))
+    assert [m["previous_id"] for m in al.matches] == [0, 1, 2]
+    # one more segment: the new one takes the free id 3; one far away does not match
+    grown = np.vstack([new, [[50.0, 95.0]]])
+    assert align_segments(grown, old).order == (2, 0, 1, 3)
+    moved = np.array([[89.0, 12.0], [11.0, 9.0], [50.0, 90.0]])
+    al = align_segments(moved, old)
+    assert al.order == (2, 0, 1) and al.matches[1]["previous_id"] is None
+    # fewer segments: an old id >= k cannot be kept
+    assert align_segments(np.array([[89.0, 12.0], [51.0, 48.0]]), old).order == (0, 1)
+
+
+def test_renumbered_model_predicts_the_nearest_renumbered_centroid(fitted):
+    from custseg.model import renumber_segments
+
+    X, model = fitted
+    before = model.predict(_frame(X))
+    renumber_segments(model[-1], [2, 0, 1])
+    after = model.predict(_frame(X))
+    np.testing.assert_array_equal(after, np.array([2, 0, 1])[before])
+    np.testing.assert_array_equal(model[-1].labels_, after)
+    scaled = model[0].transform(_frame(X))
+    nearest = ((scaled[:, None] - model[-1].cluster_centers_[None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(after, nearest)
+    with pytest.raises(ValueError, match="not a permutation"):
+        renumber_segments(model[-1], [0, 0, 1])
+
+
+def _frame(X):
+    import pandas as pd
+
+    return pd.DataFrame(X, columns=["income", "score"])

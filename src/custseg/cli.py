@@ -241,6 +241,10 @@ def _print_summary(run_dir: str, *, latest: str | None, seconds: float | None = 
     print(f"features: {', '.join(metrics['features'])} (scaler: {metrics['scaler']})")
     print(f"chosen k = {metrics['chosen_k']} by {metrics['selection']['method']}: "
           f"{metrics['selection']['reason']}")  # fmt: skip
+    if "confidence" in metrics["selection"]:
+        sel = metrics["selection"]
+        picks = ", ".join(f"{c} {k}" for c, k in sel["picks"].items() if k is not None)
+        print(f"  confidence {sel['confidence']}; each criterion's pick: {picks}")
     _print_segments(metrics["segments"])
     for w in metrics["warnings"]:
         print(f"warning: {w}")

@@ -10,7 +10,7 @@ from custseg.errors import InputError
 
 DEFAULT_FEATURES: tuple[str, ...] = ("Annual Income (k$)", "Spending Score (1-100)")
 SCALERS: tuple[str, ...] = ("minmax", "standard", "robust", "none")
-SELECTIONS: tuple[str, ...] = ("elbow",)
+SELECTIONS: tuple[str, ...] = ("auto", "elbow")
 DEFAULT_K_MIN = 1
 DEFAULT_K_MAX = 50
 DEFAULT_SEED = 42
@@ -29,7 +29,7 @@ class PipelineConfig:
     k_min: int = DEFAULT_K_MIN
     k_max: int = DEFAULT_K_MAX
     scaler: str = "minmax"
-    select: str = "elbow"
+    select: str = "auto"
     seed: int = DEFAULT_SEED
     n_init: int = DEFAULT_N_INIT
     sample_size: int | None = None

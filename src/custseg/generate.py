@@ -103,3 +103,62 @@ def write_table(frame: pd.DataFrame, path: str) -> None:
     else:
         pacsv.write_csv(table, path, pacsv.WriteOptions(quoting_style="none"))
     log.info("wrote %d rows to %s", len(frame), path)
+
+
+def make_clusters(
+    n: int,
+    k: int,
+    *,
+    dim: int = 2,
+    imbalance: float = 1.0,
+    elongation: float = 1.0,
+    separation: float = 3.0,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`n` points in `k` Gaussian clusters with known labels, for benchmarking the choice of k.
+
+    `k = 0` gives uniform noise (no structure; labels all -1). Centers are spread in a
+    10-wide cube; `separation` is the closest centers' distance in cluster standard
+    deviations (along the long axis when `elongation` > 1, each cluster randomly rotated).
+    Sizes fall geometrically from the largest to the smallest cluster by the factor
+    `imbalance`; a `noise` fraction of the rows is uniform over the bounding box (label -1).
+    """
+    if n < 1 or k < 0 or dim < 1:
+        raise InputError(f"make_clusters: n={n}, k={k}, dim={dim} must be positive")
+    rng = np.random.default_rng(seed)
+    if k == 0:
+        return rng.uniform(0.0, 10.0, size=(n, dim)), np.full(n, -1, dtype=np.int64)
+    n_noise = int(round(noise * n))
+    n_clustered = n - n_noise
+    best, gap = np.zeros((1, dim)), 10.0
+    if k > 1:
+        best_gap = -1.0
+        for _ in range(300):
+            cand = rng.uniform(0.0, 10.0, size=(k, dim))
+            d = np.sqrt(((cand[:, None] - cand[None]) ** 2).sum(-1) + np.eye(k) * 1e9)
+            if d.min() > best_gap:
+                best, best_gap = cand, float(d.min())
+        gap = best_gap
+    sigma = gap / separation
+    weights = imbalance ** (-np.arange(k) / max(k - 1, 1))
+    sizes = np.maximum(2, np.floor(weights / weights.sum() * n_clustered)).astype(int)
+    sizes[0] += n_clustered - sizes.sum()
+    points, labels = [], []
+    for c in range(k):
+        z = rng.normal(size=(sizes[c], dim))
+        if elongation > 1.0:
+            axes = np.full(dim, 1.0 / np.sqrt(elongation))
+            axes[0] = 1.0
+            q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+            z = (z * axes) @ q.T
+        points.append(best[c] + z * sigma)
+        labels.append(np.full(sizes[c], c))
+    X = np.concatenate(points)
+    y = np.concatenate(labels)
+    if n_noise:
+        lo, hi = X.min(axis=0), X.max(axis=0)
+        X = np.concatenate([X, rng.uniform(lo, hi, size=(n_noise, dim))])
+        y = np.concatenate([y, np.full(n_noise, -1)])
+    order = rng.permutation(len(X))
+    return X[order], y[order].astype(np.int64)

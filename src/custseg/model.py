@@ -200,3 +200,78 @@ def predict_segments(
     out["out_of_range"] = flags
     out["note"] = np.where(ok, "", "missing feature")
     return out
+
+
+@dataclass(frozen=True)
+class SegmentAlignment:
+    """How a new model's segments were renumbered to keep the ids of a previous model.
+
+    `order[i]` is the id given to the new fit's cluster i; `matches` lists, per final id,
+    the old segment it continues (or None) and the centroid distance in original units.
+    """
+
+    order: tuple[int, ...]
+    matches: tuple[dict[str, Any], ...]
+    max_distance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (as stored under `segment_alignment` in `metrics.json`)."""
+        kept = sum(m["previous_id"] is not None for m in self.matches)
+        return {
+            "order": list(self.order),
+            "matches": list(self.matches),
+            "max_distance": round(self.max_distance, 6),
+            "kept_ids": kept,
+        }
+
+
+def align_segments(
+    new_centroids: np.ndarray, old_centroids: np.ndarray, *, max_distance: float | None = None
+) -> SegmentAlignment:
+    """Give new segments the ids of the old segments they match (optimal assignment).
+
+    Centroids are compared in original units; a pair matches when it is at most
+    `max_distance` apart (default: half the distance between the two closest old
+    centroids, so a match is nearer its old centroid than any other). Ids stay 0..k-1:
+    unmatched new segments take the free ids in their original order.
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    new = np.asarray(new_centroids, dtype=np.float64)
+    old = np.asarray(old_centroids, dtype=np.float64)
+    if new.ndim != 2 or old.ndim != 2 or new.shape[1] != old.shape[1]:
+        raise ValueError(f"centroid shapes differ: {new.shape} vs {old.shape}")
+    k = len(new)
+    if max_distance is None:
+        if len(old) >= 2:
+            pair = cdist(old, old) + np.diag(np.full(len(old), np.inf))
+            max_distance = 0.5 * float(pair.min())
+        else:
+            max_distance = float("inf")
+    cost = cdist(new, old)
+    rows, cols = linear_sum_assignment(cost)
+    matched = {
+        int(i): int(j)
+        for i, j in zip(rows, cols, strict=True)
+        if cost[i, j] <= max_distance and j < k
+    }
+    free = iter(sorted(set(range(k)) - set(matched.values())))
+    order = [matched[i] if i in matched else next(free) for i in range(k)]
+    matches = []
+    for i in sorted(range(k), key=lambda i: order[i]):
+        j = matched.get(i)
+        dist = None if j is None else round(float(cost[i, j]), 6)
+        matches.append({"id": order[i], "previous_id": j, "distance": dist})
+    return SegmentAlignment(tuple(order), tuple(matches), float(max_distance))
+
+
+def renumber_segments(kmeans: Any, order: tuple[int, ...] | list[int]) -> None:
+    """Permute a fitted KMeans in place so cluster i becomes `order[i]` (centers and labels)."""
+    perm = np.asarray(order, dtype=np.int64)
+    if sorted(perm.tolist()) != list(range(kmeans.n_clusters)):
+        raise ValueError(f"order {list(order)} is not a permutation of 0..{kmeans.n_clusters - 1}")
+    centers = np.empty_like(kmeans.cluster_centers_)
+    centers[perm] = kmeans.cluster_centers_
+    kmeans.cluster_centers_ = centers
+    kmeans.labels_ = perm[kmeans.labels_].astype(kmeans.labels_.dtype)

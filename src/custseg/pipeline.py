@@ -163,11 +163,14 @@ def sweep_stage(
     Xs, n_sample = _sweep_sample(config, X)
     log.info("sweep: %d ks on %d of %d rows", len(ks), n_sample, len(X))
     del X
-    result = sweep_k(Xs, ks, seed=config.seed, n_init=config.n_init, progress=progress)
-    return [
-        {"k": k, "sse": sse, "seconds": round(result.seconds / len(ks), 4)}
-        for k, sse in zip(result.ks, result.sse, strict=True)
-    ]
+    scorer = None
+    if config.select == "auto":  # per-k criteria from the sweep's own fits
+        from custseg.criteria import CriteriaScorer
+
+        scorer = CriteriaScorer(Xs, seed=config.seed)
+    result = sweep_k(Xs, ks, seed=config.seed, n_init=config.n_init, progress=progress,
+                     scorer=scorer)  # fmt: skip
+    return result.points()
 
 
 def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
@@ -181,7 +184,7 @@ def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
     from custseg.select import choose_k
     from custseg.sweep import SweepResult, heartbeat, make_kmeans
 
-    config, _ = _config(run_dir)
+    config, state = _config(run_dir)
     X, ids, info = _features(run_dir)
     Xs, n_sample = _sweep_sample(config, X)
     sweep = SweepResult.from_points(points, n_rows=n_sample)
@@ -202,10 +205,11 @@ def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
             X, tuple(info["features"]), k=k, scaler=config.scaler, seed=config.seed,
             n_init=config.n_init, init=init,
         )  # fmt: skip
-    save_model(model, storage.join(run_dir, artifacts.MODEL_FILE))
-    labels = model[-1].labels_
     from custseg.model import model_info
 
+    alignment = _align_to_previous(state["out"], model)
+    save_model(model, storage.join(run_dir, artifacts.MODEL_FILE))
+    labels = model[-1].labels_
     centroids = model_info(model).centroids
     profile = profile_segments(X, labels, centroids, tuple(info["features"]))
     storage.write_bytes(storage.join(run_dir, "profile.csv"), profile.to_csv(index=False).encode())
@@ -225,6 +229,11 @@ def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
             X, labels, centroids, tuple(info["features"]), list(profile["label"]), seed=config.seed
         ),  # fmt: skip
     )
+    if selection.method == "auto":
+        from custseg.report import selection_png
+
+        png = selection_png(selection.to_dict())
+        storage.write_bytes(storage.join(run_dir, "selection.png"), png)
     assignments = pd.DataFrame({"segment": labels.astype(np.int64)})
     if ids is not None:
         assignments.insert(0, info["id_column"], pd.arrays.ArrowExtensionArray(ids))
@@ -241,9 +250,34 @@ def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
         "sweep_seconds": round(sweep.seconds, 3),
         "sample_size": n_sample,
         "n_rows_used": len(X),
+        "segment_alignment": alignment,
     }
     artifacts.write_json(_work(run_dir, "train.json"), train)
     return {"run_dir": run_dir, "chosen_k": k, "reason": selection.reason}
+
+
+def _align_to_previous(out: str, model: Any) -> dict[str, Any] | None:
+    """Renumber `model`'s segments so those matching the promoted model's keep their ids."""
+    from custseg.model import align_segments, load_model, model_info, renumber_segments
+
+    latest = artifacts.read_latest(out)
+    if latest is None:
+        return None
+    previous = str(latest["run_dir"])
+    try:
+        old = model_info(load_model(storage.join(previous, artifacts.MODEL_FILE)))
+    except (InputError, OSError, ValueError) as exc:
+        log.warning("segment ids not aligned: previous model %s unreadable (%s)", previous, exc)
+        return {"previous_run_dir": previous, "aligned": False, "why": str(exc)}
+    new = model_info(model)
+    if old.features != new.features:
+        why = f"features differ: {list(old.features)} before, {list(new.features)} now"
+        return {"previous_run_dir": previous, "aligned": False, "why": why}
+    alignment = align_segments(new.centroids, old.centroids)
+    renumber_segments(model[-1], alignment.order)
+    log.info("segment ids aligned with %s: new cluster i -> id %s", previous, alignment.order)
+    return {"previous_run_dir": previous, "previous_k": old.k, "aligned": True,
+            **alignment.to_dict()}  # fmt: skip
 
 
 def train_stage(run_dir: str, *, progress: Progress | None = None) -> dict[str, Any]:
@@ -310,6 +344,7 @@ def finish_stage(run_dir: str) -> dict[str, Any]:
         "final_sse": train["final_sse"],
         "sample_size": train["sample_size"],
         "selection": train["selection"],
+        "segment_alignment": train.get("segment_alignment"),
         "features": info["features"],
         "scaler": config.scaler,
         "seed": config.seed,

@@ -194,3 +194,39 @@ figure {{ display: inline-block; margin: .5rem; }} img {{ max-width: 520px; }}
 <h2>Segments</h2>{table}
 </body></html>
 """
+
+
+def selection_png(selection: dict[str, Any]) -> bytes:
+    """Every criterion of the `auto` choice against k, scaled 0..1 (1 = best), picks marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = selection.get("values", {})
+    picks = selection.get("picks", {})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    styles = {"silhouette": ("#1f77b4", "o"), "calinski_harabasz": ("#2ca02c", "s"),
+              "davies_bouldin": ("#9467bd", "^"), "gap": ("#ff7f0e", "D")}  # fmt: skip
+    for name, (color, marker) in styles.items():
+        v = {int(k): x for k, x in values.get(name, {}).items()}
+        if not v:
+            continue
+        ks = sorted(v)
+        y = np.array([v[k] for k in ks], dtype=float)
+        span = float(y.max() - y.min()) or 1.0
+        y = (y.max() - y) / span if name == "davies_bouldin" else (y - y.min()) / span
+        pick = picks.get(name)
+        ax.plot(ks, y, marker=marker, markersize=3, color=color, label=f"{name} (picks {pick})")
+        if pick in v:
+            ax.scatter([pick], [y[ks.index(pick)]], s=110, facecolors="none", edgecolors=color,
+                       linewidths=2, zorder=5)  # fmt: skip
+    chosen = selection.get("chosen_k")
+    ax.axvline(chosen, color="#d62728", linestyle="--", label=f"chosen k = {chosen}")
+    ax.set_xlabel("number of segments k")
+    ax.set_ylabel("criterion, scaled 0..1 (1 = best)")
+    conf = selection.get("confidence")
+    ax.set_title("Choosing k: every criterion" + (f" (confidence {conf})" if conf else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _figure_png(fig)

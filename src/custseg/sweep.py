@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,16 +18,22 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, int, float], None]
 """Called after each k as `progress(done, total, k, sse)`."""
+Scorer = Callable[[int, np.ndarray, float], dict[str, float | None]]
+"""Called after each fit as `scorer(k, labels, sse)`; returns per-k criteria (numbers only)."""
 
 
 @dataclass(frozen=True)
 class SweepResult:
-    """SSE per k, in increasing k; `n_rows` is the number of rows the sweep was fit on."""
+    """SSE per k, in increasing k; `n_rows` is the number of rows the sweep was fit on.
+
+    `scores` holds the selection criteria the sweep computed per k (see custseg.criteria).
+    """
 
     ks: tuple[int, ...]
     sse: tuple[float, ...]
     n_rows: int
     seconds: float
+    scores: dict[int, dict[str, float | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -36,7 +42,16 @@ class SweepResult:
             "sse": list(self.sse),
             "n_rows": self.n_rows,
             "seconds": round(self.seconds, 3),
+            "scores": {str(k): v for k, v in self.scores.items()},
         }
+
+    def points(self) -> list[dict[str, Any]]:
+        """One small JSON dict per k (`k`, `sse`, `seconds`, criteria), as mapped tasks return."""
+        each = round(self.seconds / max(len(self.ks), 1), 4)
+        return [
+            {"k": k, "sse": sse, "seconds": each, **self.scores.get(k, {})}
+            for k, sse in zip(self.ks, self.sse, strict=True)
+        ]
 
     @classmethod
     def from_points(cls, points: Iterable[dict[str, Any]], *, n_rows: int) -> SweepResult:
@@ -46,7 +61,12 @@ class SweepResult:
         if len(set(ks)) != len(ks):
             raise ValueError(f"sweep results repeat a k: {ks}")
         seconds = float(sum(p.get("seconds", 0.0) for p in rows))
-        return cls(tuple(ks), tuple(float(p["sse"]) for p in rows), n_rows, seconds)
+        scores = {
+            int(p["k"]): {n: v for n, v in p.items() if n not in ("k", "sse", "seconds")}
+            for p in rows
+        }
+        scores = {k: v for k, v in scores.items() if v}
+        return cls(tuple(ks), tuple(float(p["sse"]) for p in rows), n_rows, seconds, scores)
 
 
 def kmeans_seed(seed: int, k: int) -> int:
@@ -142,8 +162,9 @@ def sweep_k(
     n_init: int,
     progress: Progress | None = None,
     workers: int | None = None,
+    scorer: Scorer | None = None,
 ) -> SweepResult:
-    """Fit K-Means for each k on scaled `X` and record its SSE (inertia).
+    """Fit K-Means for each k on scaled `X` and record its SSE (inertia) and `scorer`'s criteria.
 
     The ks run on `workers` threads (default: the usable cores), each k single-threaded
     (OpenMP/BLAS limited to 1 thread with threadpoolctl): sklearn's Lloyd loop releases the
@@ -159,17 +180,22 @@ def sweep_k(
     workers = max(1, min(workers or default_workers(), len(ks) or 1))
     start = time.perf_counter()
     sse: dict[int, float] = {}
+    scores: dict[int, dict[str, float | None]] = {}
     last_log = start
 
-    def fit(k: int) -> float:
-        return float(make_kmeans(k, seed=seed, n_init=n_init).fit(X).inertia_)
+    def fit(k: int) -> tuple[float, dict[str, float | None]]:
+        model = make_kmeans(k, seed=seed, n_init=n_init).fit(X)
+        found = scorer(k, model.labels_, float(model.inertia_)) if scorer is not None else {}
+        return float(model.inertia_), found
 
     with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as pool:
         # largest k first: they take longest, so the threads finish together
         futures = {pool.submit(fit, k): k for k in sorted(ks, reverse=True)}
         for i, future in enumerate(as_completed(futures), start=1):
             k = futures[future]
-            sse[k] = future.result()
+            sse[k], found = future.result()
+            if found:
+                scores[k] = found
             now = time.perf_counter()
             if progress is not None:
                 progress(i, len(ks), k, sse[k])
@@ -179,6 +205,5 @@ def sweep_k(
                     k, i, len(ks), now - start, i / max(now - start, 1e-9), len(X), workers,
                 )  # fmt: skip
                 last_log = now
-    return SweepResult(
-        tuple(ks), tuple(sse[k] for k in ks), int(X.shape[0]), time.perf_counter() - start
-    )
+    seconds = time.perf_counter() - start
+    return SweepResult(tuple(ks), tuple(sse[k] for k in ks), int(X.shape[0]), seconds, scores)

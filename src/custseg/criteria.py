@@ -1,0 +1,350 @@
+"""Criteria for choosing k beside the elbow, and the default `auto` rule that combines them.
+
+Silhouette, Calinski-Harabasz, Davies-Bouldin and the gap statistic are computed per k from the
+sweep's own fits (`CriteriaScorer` is called by `sweep_k`), so they cost no extra K-Means fit on
+the data; only the gap's uniform references are fit. Costs are bounded whatever the input size:
+silhouette on at most `SILHOUETTE_ROWS` rows, references of at most `GAP_ROWS` rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from custseg.select import Selection, elbow_k
+from custseg.sweep import SweepResult, make_kmeans
+
+log = logging.getLogger(__name__)
+
+CRITERIA_K_MAX = 16
+"""Criteria are computed for k <= 16: more segments are rarely actionable, the indices get
+unreliable with few rows per cluster, and the gap's SE rule needs k + 1 to confirm k <= 15."""
+SILHOUETTE_ROWS = 4000
+GAP_REFERENCES = 10
+GAP_ROWS = 2000
+GAP_N_INIT = 1
+HOPKINS_ROWS = 500
+HOPKINS_ALPHA = 0.01
+STABILITY_RESAMPLES = 5
+STABILITY_ROWS = 2000
+STABILITY_N_INIT = 2
+CRITERIA: tuple[str, ...] = ("silhouette", "calinski_harabasz", "davies_bouldin", "gap")
+VOTERS: tuple[str, ...] = ("silhouette", "calinski_harabasz", "davies_bouldin", "gap")
+
+
+def _rng(seed: int, *salt: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, *salt]))
+
+
+class CriteriaScorer:
+    """Per-k criteria of one K-Means fit on `X`, with fixed samples and gap references.
+
+    Built the same way from the same `X` and `seed` in every worker, so mapped sweeps agree.
+    """
+
+    def __init__(
+        self,
+        X: np.ndarray,
+        *,
+        seed: int,
+        k_max: int = CRITERIA_K_MAX,
+        n_refs: int = GAP_REFERENCES,
+        ref_rows: int = GAP_ROWS,
+        silhouette_rows: int = SILHOUETTE_ROWS,
+    ) -> None:
+        X = np.asarray(X, dtype=np.float64)
+        n, d = X.shape
+        self.X, self.seed, self.k_max = X, seed, k_max
+        rng = _rng(seed, 1)
+        self.sil_idx = np.sort(rng.choice(n, size=min(n, silhouette_rows), replace=False))
+        lo, hi = X.min(axis=0), X.max(axis=0)
+        m = min(n, ref_rows)
+        self.refs = [_rng(seed, 2, b).uniform(lo, hi, size=(m, d)) for b in range(n_refs)]
+        self.log_scale = math.log(n / m)
+
+    def ref_log_w(self, k: int) -> np.ndarray:
+        """log W_k of each uniform reference (scaled to the data's row count)."""
+        out = []
+        for b, ref in enumerate(self.refs):
+            km = make_kmeans(k, seed=self.seed * 1000 + b, n_init=GAP_N_INIT).fit(ref)
+            out.append(math.log(max(float(km.inertia_), 1e-300)) + self.log_scale)
+        return np.array(out)
+
+    def __call__(self, k: int, labels: np.ndarray, sse: float) -> dict[str, float | None]:
+        """Silhouette, CH, DB (k >= 2) and gap with its standard error, for k <= `k_max`."""
+        if k > self.k_max:
+            return {}
+        out: dict[str, float | None] = dict.fromkeys(CRITERIA)
+        out["gap_sd"] = None
+        used = len(np.unique(labels))
+        if k >= 2 and 2 <= used < len(self.X):
+            out.update(label_scores(self.X, labels, self.sil_idx))
+        if sse > 0 and self.refs:
+            ref = self.ref_log_w(k)
+            out["gap"] = float(ref.mean() - math.log(sse))
+            out["gap_sd"] = float(ref.std() * math.sqrt(1 + 1 / len(ref)))
+        return out
+
+
+def label_scores(X: np.ndarray, labels: np.ndarray, sil_idx: np.ndarray) -> dict[str, float]:
+    """Silhouette (on the rows `sil_idx`), Calinski-Harabasz and Davies-Bouldin of a labelling."""
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
+    out = {
+        "calinski_harabasz": float(calinski_harabasz_score(X, labels)),
+        "davies_bouldin": float(davies_bouldin_score(X, labels)),
+        "silhouette": None,
+    }
+    sub = labels[sil_idx]
+    if 2 <= len(np.unique(sub)) < len(sil_idx):
+        out["silhouette"] = float(silhouette_score(X[sil_idx], sub))
+    return out
+
+
+def hopkins(X: np.ndarray, *, seed: int, m: int | None = None) -> tuple[float, float]:
+    """Hopkins statistic H (d-th power form) and its p-value against uniform data.
+
+    H = sum(u^d) / (sum(u^d) + sum(w^d)), u the distances from m uniform points in the data's
+    bounding box to the nearest row, w from m sampled rows to their nearest other row. Under
+    uniformity H ~ Beta(m, m) (Lawson & Jurs 1990); clustered data gives H near 1.
+    """
+    from scipy.stats import beta
+    from sklearn.neighbors import NearestNeighbors
+
+    X = np.unique(np.asarray(X, dtype=np.float64), axis=0)
+    n, d = X.shape
+    if n < 4:
+        return 0.5, 1.0
+    m = m or int(min(max(n // 10, 10), HOPKINS_ROWS, n - 1))
+    rng = _rng(seed, 3)
+    lo, hi = X.min(axis=0), X.max(axis=0)
+    tree = NearestNeighbors(n_neighbors=2).fit(X)
+    uniform = rng.uniform(lo, hi, size=(m, d))
+    u = tree.kneighbors(uniform, n_neighbors=1)[0][:, 0]
+    rows = rng.choice(n, size=m, replace=False)
+    w = tree.kneighbors(X[rows], n_neighbors=2)[0][:, 1]
+    # normalise before the power so that d up to ~50 neither under- nor overflows
+    scale = float(np.concatenate([u, w]).mean()) or 1.0
+    su, sw = ((u / scale) ** d).sum(), ((w / scale) ** d).sum()
+    h = float(su / (su + sw)) if su + sw > 0 else 0.5
+    return h, float(beta.sf(h, m, m))
+
+
+def gap_pick(ks: list[int], gap: list[float], sd: list[float]) -> int | None:
+    """Tibshirani's rule: the smallest k with Gap(k) >= Gap(k+1) - s(k+1); else the max gap."""
+    if not ks:
+        return None
+    for i in range(len(ks) - 1):
+        if ks[i + 1] == ks[i] + 1 and gap[i] >= gap[i + 1] - sd[i + 1]:
+            return ks[i]
+    return ks[int(np.argmax(gap))]
+
+
+def criterion_picks(values: dict[str, dict[int, float]]) -> dict[str, int | None]:
+    """Each criterion's own k: max silhouette, max CH, min DB, the gap's SE rule."""
+    picks: dict[str, int | None] = {}
+    for name in ("silhouette", "calinski_harabasz"):
+        v = values.get(name, {})
+        picks[name] = max(v, key=lambda k: (v[k], -k)) if v else None
+    v = values.get("davies_bouldin", {})
+    picks["davies_bouldin"] = min(v, key=lambda k: (v[k], k)) if v else None
+    g, s = values.get("gap", {}), values.get("gap_sd", {})
+    ks = sorted(k for k in g if k in s)
+    picks["gap"] = gap_pick(ks, [g[k] for k in ks], [s[k] for k in ks])
+    return picks
+
+
+def normalised(values: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
+    """Each criterion scaled to 0..1 over k, 1 = best (Davies-Bouldin inverted)."""
+    out: dict[str, dict[int, float]] = {}
+    for name in CRITERIA:
+        v = values.get(name, {})
+        if not v:
+            continue
+        arr = np.array(list(v.values()), dtype=float)
+        lo, hi = float(arr.min()), float(arr.max())
+        span = hi - lo or 1.0
+        best_low = name == "davies_bouldin"
+        out[name] = {k: (hi - x) / span if best_low else (x - lo) / span for k, x in v.items()}
+    return out
+
+
+def combine(values: dict[str, dict[int, float]], picks: dict[str, int | None]) -> int:
+    """The k most criteria pick (k >= 2); ties go to the higher mean normalised score."""
+    votes = Counter(k for name, k in picks.items() if name in VOTERS and k is not None and k >= 2)
+    norm = normalised(values)
+
+    def mean_score(k: int) -> float:
+        s = [norm[c][k] for c in norm if k in norm[c]]
+        return float(np.mean(s)) if s else 0.0
+
+    if not votes:
+        ks = sorted({k for v in values.values() for k in v if k >= 2})
+        return max(ks, key=mean_score) if ks else 1
+    top = max(votes.values())
+    tied = [k for k, c in votes.items() if c == top]
+    return max(tied, key=lambda k: (mean_score(k), -k))
+
+
+def collect(sweep: SweepResult, X: np.ndarray, *, seed: int) -> dict[str, dict[int, float]]:
+    """Per-criterion values by k from the sweep's scores; k the sweep did not score is refit."""
+    ks = [k for k in sweep.ks if k <= CRITERIA_K_MAX]
+    scores = dict(getattr(sweep, "scores", None) or {})
+    missing = [k for k in ks if not scores.get(k)]
+    if missing:
+        log.info("criteria: scoring k=%s (not scored by the sweep)", missing)
+        from threadpoolctl import threadpool_limits
+
+        scorer = CriteriaScorer(X, seed=seed)
+        with threadpool_limits(limits=1):  # small fits: threads cost more than they save
+            for k in missing:
+                km = make_kmeans(k, seed=seed, n_init=10).fit(X)
+                scores[k] = scorer(k, km.labels_, float(km.inertia_))
+    values: dict[str, dict[int, float]] = {name: {} for name in (*CRITERIA, "gap_sd")}
+    for k in ks:
+        for name, v in scores[k].items():
+            if v is not None and name in values:
+                values[name][k] = float(v)
+    return {name: v for name, v in values.items() if v}
+
+
+@dataclass(frozen=True)
+class Stability:
+    """How often resamples (other rows, other seed) lead to the same k, and their mean ARI."""
+
+    agreement: float
+    ks: tuple[int, ...]
+    ari: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"agreement": round(self.agreement, 3), "resample_ks": list(self.ks),
+                "mean_ari": round(self.ari, 3)}  # fmt: skip
+
+
+def stability(
+    X: np.ndarray, chosen_k: int, ks: Iterable[int], *, seed: int, resamples: int
+) -> Stability:
+    """Redo the choice (without the gap) on `resamples` subsamples with other seeds."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _stability(X, chosen_k, ks, seed=seed, resamples=resamples)
+
+
+def _stability(
+    X: np.ndarray, chosen_k: int, ks: Iterable[int], *, seed: int, resamples: int
+) -> Stability:
+    from sklearn.metrics import adjusted_rand_score
+
+    ks = [k for k in ks if k >= 2]
+    n = len(X)
+    ref_labels = None
+    if chosen_k >= 2:
+        ref_labels = make_kmeans(chosen_k, seed=seed, n_init=STABILITY_N_INIT).fit(X).predict(X)
+    found, aris = [], []
+    for r in range(resamples):
+        rng = _rng(seed, 4, r)
+        idx = rng.choice(n, size=min(int(0.8 * n), STABILITY_ROWS), replace=False)
+        Xr = X[idx]
+        sil_idx = np.arange(min(len(Xr), SILHOUETTE_ROWS))
+        values: dict[str, dict[int, float]] = {c: {} for c in CRITERIA}
+        for k in ks:
+            if k >= len(Xr):
+                break
+            km = make_kmeans(k, seed=seed + 7919 * (r + 1), n_init=STABILITY_N_INIT).fit(Xr)
+            if len(np.unique(km.labels_)) < 2:
+                continue
+            for name, v in label_scores(Xr, km.labels_, sil_idx).items():
+                if v is not None:
+                    values[name][k] = v
+            if k == chosen_k and ref_labels is not None:
+                aris.append(adjusted_rand_score(ref_labels, km.predict(X)))
+        values = {c: v for c, v in values.items() if v}
+        found.append(combine(values, criterion_picks(values)) if values else 1)
+    if chosen_k == 1:
+        agreement = float("nan")
+    else:
+        agreement = sum(k == chosen_k for k in found) / max(len(found), 1)
+    return Stability(agreement, tuple(found), float(np.mean(aris)) if aris else float("nan"))
+
+
+def choose_auto(sweep: SweepResult, X: np.ndarray, *, seed: int) -> Selection:
+    """The default rule: k = 1 unless the data has clustering tendency, else the criteria's vote.
+
+    k = 1 ("no clear segment structure") when the Hopkins test does not reject uniform data,
+    or when the gap statistic's SE rule stops at k = 1. Otherwise most of silhouette,
+    Calinski-Harabasz, Davies-Bouldin and gap decide; the agreement is recorded, and the
+    choice is checked on resamples with other seeds.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    values = collect(sweep, X, seed=seed)
+    picks = criterion_picks(values)
+    h, p = hopkins(X, seed=seed)
+    crit_ks = sorted({k for v in values.values() for k in v})
+    elbow = elbow_k(crit_ks, [sweep.sse[sweep.ks.index(k)] for k in crit_ks])
+    structured = p < HOPKINS_ALPHA
+    k = combine(values, picks)
+    gap_gain = _gap_gain(values, k)
+    one_reason = None
+    if 1 in sweep.ks:
+        if not structured:
+            one_reason = f"Hopkins H={h:.2f} (p={p:.2g}; uniform data gives 0.5)"
+        elif gap_gain is not None and gap_gain <= 0:
+            one_reason = (f"the gap statistic at k={k} is not above k=1 by one standard error "
+                          f"(Hopkins H={h:.2f} only says the data is not uniform)")  # fmt: skip
+    if one_reason:
+        k = 1
+    voters = {c: picks[c] for c in VOTERS if picks.get(c) is not None}
+    agree = sorted(c for c, kk in voters.items() if kk == k)
+    disagree = {c: kk for c, kk in voters.items() if kk != k}
+    stab = stability(X, k, crit_ks, seed=seed, resamples=STABILITY_RESAMPLES)
+    criteria_agreement = len(agree) / max(len(voters), 1)
+    confidence = _confidence(k, criteria_agreement, stab, p)
+    if k == 1:
+        why = f"no clear segment structure: {one_reason or 'k_max=1'}"
+    else:
+        why = f"{len(agree)} of {len(voters)} criteria pick k={k} ({', '.join(agree)})"
+        if disagree:
+            why += "; " + ", ".join(f"{c} says {kk}" for c, kk in disagree.items())
+        if not math.isnan(stab.agreement):
+            why += f"; {stab.agreement:.0%} of {len(stab.ks)} resamples agree"
+    reason = f"{why} (confidence {confidence})"
+    details = {
+        "confidence": confidence,
+        "criteria_agreement": round(criteria_agreement, 3),
+        "stability": stab.to_dict(),
+        "picks": {**picks, "elbow": elbow},
+        "disagree": disagree,
+        "hopkins": {"statistic": round(h, 4), "p_value": p, "alpha": HOPKINS_ALPHA},
+        "gap_gain_over_k1": None if gap_gain is None else round(gap_gain, 6),
+        "values": {c: {str(kk): round(v, 6) for kk, v in values[c].items()} for c in values},
+        "criteria_k_range": [crit_ks[0], crit_ks[-1]] if crit_ks else None,
+        "knee": elbow_k(list(sweep.ks), list(sweep.sse)),
+    }
+    return Selection("auto", k, reason, details)
+
+
+def _gap_gain(values: dict[str, dict[int, float]], k: int) -> float | None:
+    """Gap(k) - Gap(1) - s(k): positive when k clusters beat one by one standard error."""
+    g, s = values.get("gap", {}), values.get("gap_sd", {})
+    if 1 not in g or k not in g or k not in s:
+        return None
+    return g[k] - g[1] - s[k]
+
+
+def _confidence(k: int, criteria_agreement: float, stab: Stability, p: float) -> str:
+    if k == 1:
+        return "high" if p > 0.1 else "medium"
+    agreement = 0.0 if math.isnan(stab.agreement) else stab.agreement
+    if criteria_agreement >= 0.75 and agreement >= 0.8:
+        return "high"
+    if criteria_agreement >= 0.5 and agreement >= 0.6:
+        return "medium"
+    return "low"

@@ -1,0 +1,118 @@
+import numpy as np
+import pandas as pd
+import pytest
+from threadpoolctl import threadpool_limits
+
+from custseg.criteria import (
+    CRITERIA_K_MAX,
+    CriteriaScorer,
+    choose_auto,
+    combine,
+    criterion_picks,
+    gap_pick,
+    hopkins,
+)
+from custseg.generate import make_clusters
+from custseg.model import fit_segments, model_info
+from custseg.preprocess import scale_features
+from custseg.sweep import sweep_k
+
+FEATURES = ("Annual Income (k$)", "Spending Score (1-100)")
+MALL_CENTERS = np.array([[55, 50], [87, 82], [88, 17], [26, 79], [26, 20]], dtype=float)
+
+
+def auto(X, *, seed, k_max=CRITERIA_K_MAX):
+    with threadpool_limits(limits=1):
+        sweep = sweep_k(X, range(1, k_max + 1), seed=seed, n_init=10,
+                        scorer=CriteriaScorer(X, seed=seed))  # fmt: skip
+        return choose_auto(sweep, X, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def mall(mall_csv):
+    X = pd.read_csv(mall_csv)[list(FEATURES)].to_numpy(dtype=np.float64)
+    return X, scale_features(X, scaler="minmax")
+
+
+def test_hopkins_near_half_on_uniform_and_near_one_on_clusters():
+    rng = np.random.default_rng(0)
+    h, p = hopkins(rng.uniform(size=(2000, 3)), seed=1)
+    assert 0.4 < h < 0.6 and p > 0.01
+    # every point has a twin 1e-6 away: nearest-neighbour distances w are ~0, so H -> 1
+    X = rng.uniform(size=(500, 2))
+    h, p = hopkins(np.vstack([X, X + 1e-6]), seed=1)
+    assert h > 0.999 and p < 1e-12
+
+
+def test_gap_rule_is_the_first_k_within_one_standard_error():
+    assert gap_pick([1, 2, 3, 4], [0.1, 0.5, 0.52, 0.3], [0.05] * 4) == 2
+    assert gap_pick([1, 2, 3], [0.4, 0.3, 0.2], [0.01] * 3) == 1
+    # never within one SE of the next: the largest gap
+    assert gap_pick([1, 2, 3], [0.1, 0.3, 0.6], [0.01] * 3) == 3
+
+
+def test_gap_is_about_zero_on_uniform_data_and_peaks_at_true_k():
+    X = np.random.default_rng(3).uniform(size=(600, 2))
+    scorer = CriteriaScorer(X, seed=0)
+    from custseg.sweep import make_kmeans
+
+    for k in (1, 3, 6):
+        km = make_kmeans(k, seed=0, n_init=5).fit(X)
+        out = scorer(k, km.labels_, float(km.inertia_))
+        assert abs(out["gap"]) < 3 * out["gap_sd"] + 0.02, (k, out)
+    X, _ = make_clusters(600, 3, dim=2, separation=6.0, seed=2)
+    sel = auto(scale_features(X, scaler="minmax"), seed=0)
+    assert sel.details["picks"]["gap"] == 3
+
+
+def test_picks_and_vote_from_known_values():
+    values = {
+        "silhouette": {2: 0.3, 3: 0.6, 4: 0.5},
+        "calinski_harabasz": {2: 100.0, 3: 90.0, 4: 80.0},
+        "davies_bouldin": {2: 0.9, 3: 0.5, 4: 0.7},
+        "gap": {1: 0.1, 2: 0.2, 3: 0.5, 4: 0.45},
+        "gap_sd": {1: 0.01, 2: 0.01, 3: 0.01, 4: 0.1},
+    }
+    picks = criterion_picks(values)
+    assert picks == {"silhouette": 3, "calinski_harabasz": 2, "davies_bouldin": 3, "gap": 3}
+    assert combine(values, picks) == 3
+
+
+def test_mall_default_picks_5_for_seeds_0_to_9_with_the_known_centroids(mall):
+    X, Xs = mall
+    for seed in range(10):
+        sel = auto(Xs, seed=seed)
+        assert sel.chosen_k == 5, (seed, sel.reason)
+        model = fit_segments(X, FEATURES, k=5, scaler="minmax", seed=seed, n_init=10)
+        centroids = model_info(model).centroids
+        dist = np.abs(centroids[:, None] - MALL_CENTERS[None]).max(-1)
+        assert dist.min(0).max() <= 5, centroids
+    assert sel.details["confidence"] in ("high", "medium")
+    assert sel.details["stability"]["agreement"] >= 0.8
+
+
+def test_auto_does_not_depend_on_k_max(mall):
+    _, Xs = mall
+    with threadpool_limits(limits=1):
+        full = sweep_k(Xs, range(1, 51), seed=42, n_init=10, scorer=CriteriaScorer(Xs, seed=42))
+        sel = choose_auto(full, Xs, seed=42)
+    assert sel.chosen_k == 5 and sel.details == auto(Xs, seed=42).details | {
+        "knee": sel.details["knee"]
+    }
+
+
+def test_uniform_noise_gives_one_segment_and_says_so():
+    X = np.random.default_rng(7).uniform(size=(800, 2))
+    sel = auto(X, seed=0)
+    assert sel.chosen_k == 1
+    assert "no clear segment structure" in sel.reason and "Hopkins" in sel.reason
+
+
+@pytest.mark.parametrize(
+    ("k", "dim", "extra"),
+    [(2, 2, {}), (4, 3, {"imbalance": 10.0}), (7, 2, {"elongation": 3.0}), (12, 5, {})],
+)
+def test_known_k_is_recovered(k, dim, extra):
+    X, _ = make_clusters(120 * k, k, dim=dim, separation=6.0, seed=k, **extra)
+    sel = auto(scale_features(X, scaler="minmax"), seed=1)
+    assert sel.chosen_k == k, sel.reason
