@@ -55,27 +55,27 @@ def suite() -> list[Case]:
     """The datasets: (name, group, true k, rows, generator options)."""
     cases = [
         Case("uniform-2d", "none", 1, 500, {"dim": 2}),
-        Case("uniform-5d", "none", 1, 800, {"dim": 5}),
+        Case("uniform-5d", "none", 1, 600, {"dim": 5}),
         Case("gauss1-2d", "none", 1, 500, {"dim": 2}),
-        Case("gauss1-6d-long", "none", 1, 800, {"dim": 6, "elongation": 4.0}),
+        Case("gauss1-6d-long", "none", 1, 600, {"dim": 6, "elongation": 4.0}),
     ]
     for k, dim in ((2, 2), (3, 2), (4, 3), (5, 2), (6, 4), (8, 2), (10, 6), (12, 2), (12, 10)):
-        cases.append(Case(f"round-k{k}-{dim}d", "round", k, 150 * k,
+        cases.append(Case(f"round-k{k}-{dim}d", "round", k, 80 * k,
                           {"dim": dim, "separation": 6.0}))  # fmt: skip
     for k, dim in ((3, 2), (5, 4), (8, 3)):
-        cases.append(Case(f"imbalanced30-k{k}-{dim}d", "imbalanced", k, 250 * k,
+        cases.append(Case(f"imbalanced30-k{k}-{dim}d", "imbalanced", k, 120 * k,
                           {"dim": dim, "imbalance": 30.0, "separation": 7.0}))  # fmt: skip
     for k, dim in ((3, 2), (5, 6), (7, 3)):
-        cases.append(Case(f"elongated-k{k}-{dim}d", "elongated", k, 150 * k,
+        cases.append(Case(f"elongated-k{k}-{dim}d", "elongated", k, 80 * k,
                           {"dim": dim, "elongation": 4.0, "separation": 7.0}))  # fmt: skip
     for k, dim in ((4, 2), (6, 5), (9, 8)):
-        cases.append(Case(f"overlap-k{k}-{dim}d", "overlap", k, 150 * k,
+        cases.append(Case(f"overlap-k{k}-{dim}d", "overlap", k, 80 * k,
                           {"dim": dim, "separation": 4.0}))  # fmt: skip
     for k, dim in ((3, 2), (6, 3), (10, 5)):
-        cases.append(Case(f"noise10-k{k}-{dim}d", "noise", k, 150 * k,
+        cases.append(Case(f"noise10-k{k}-{dim}d", "noise", k, 80 * k,
                           {"dim": dim, "separation": 6.0, "noise": 0.1}))  # fmt: skip
     for k in (3, 5, 8):
-        cases.append(Case(f"mall-generate-k{k}", "mall", k, 1000, mall=True))
+        cases.append(Case(f"mall-generate-k{k}", "mall", k, 600, mall=True))
     return cases
 
 

@@ -270,7 +270,8 @@ def sweep_task(run_dir: str, ks: Sequence[int]) -> list[dict[str, Any]]:
         points = sweep_stage(run_dir, [int(k) for k in ks])
     log.info("sweep k=%d..%d: SSE %s", points[0]["k"], points[-1]["k"],
              [round(p["sse"], 4) for p in points])  # fmt: skip
-    return [{"k": int(p["k"]), "sse": float(p["sse"]), "seconds": float(p["seconds"])}
+    # each point: k, sse, seconds and (select=auto) the per-k criteria, all plain numbers
+    return [{**p, "k": int(p["k"]), "sse": float(p["sse"]), "seconds": float(p["seconds"])}
             for p in points]  # fmt: skip
 
 

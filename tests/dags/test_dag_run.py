@@ -32,7 +32,9 @@ def run_dag(dag, **conf):
 
 def comparable(metrics: dict) -> dict:
     """metrics.json without what differs between two runs of the same data and seed."""
-    out = {k: v for k, v in metrics.items() if k not in ("run_id", "created_at")}
+    # segment_alignment names the previously promoted run of the same artifacts root
+    out = {k: v for k, v in metrics.items()
+           if k not in ("run_id", "created_at", "segment_alignment")}  # fmt: skip
     if out.get("predictions"):
         out["predictions"] = {k: v for k, v in out["predictions"].items() if k != "path"}
     return out
