@@ -116,3 +116,12 @@ def test_known_k_is_recovered(k, dim, extra):
     X, _ = make_clusters(120 * k, k, dim=dim, separation=6.0, seed=k, **extra)
     sel = auto(scale_features(X, scaler="minmax"), seed=1)
     assert sel.chosen_k == k, sel.reason
+
+
+def test_the_decision_is_strict_json_even_for_one_segment():
+    import json
+
+    X = np.random.default_rng(5).uniform(size=(60, 2))
+    sel = auto(X, seed=0, k_max=6)
+    assert sel.chosen_k == 1 and sel.details["stability"]["agreement"] is None
+    json.dumps(sel.to_dict(), allow_nan=False)

@@ -209,7 +209,7 @@ def collect(sweep: SweepResult, X: np.ndarray, *, seed: int) -> dict[str, dict[i
     values: dict[str, dict[int, float]] = {name: {} for name in (*CRITERIA, "gap_sd")}
     for k in ks:
         for name, v in scores[k].items():
-            if v is not None and name in values:
+            if v is not None and name in values and math.isfinite(v):
                 values[name][k] = float(v)
     return {name: v for name, v in values.items() if v}
 
@@ -224,8 +224,13 @@ class Stability:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"agreement": round(self.agreement, 3), "resample_ks": list(self.ks),
-                "mean_ari": round(self.ari, 3)}  # fmt: skip
+        return {"agreement": _round(self.agreement), "resample_ks": list(self.ks),
+                "mean_ari": _round(self.ari)}  # fmt: skip
+
+
+def _round(x: float, digits: int = 3) -> float | None:
+    """Rounded, or None when not finite (JSON has no NaN)."""
+    return round(float(x), digits) if math.isfinite(x) else None
 
 
 def stability(
@@ -322,9 +327,9 @@ def choose_auto(sweep: SweepResult, X: np.ndarray, *, seed: int) -> Selection:
         "stability": stab.to_dict(),
         "picks": {**picks, "elbow": elbow},
         "disagree": disagree,
-        "hopkins": {"statistic": round(h, 4), "p_value": p, "alpha": HOPKINS_ALPHA},
-        "gap_gain_over_k1": None if gap_gain is None else round(gap_gain, 6),
-        "values": {c: {str(kk): round(v, 6) for kk, v in values[c].items()} for c in values},
+        "hopkins": {"statistic": _round(h, 4), "p_value": _round(p, 12), "alpha": HOPKINS_ALPHA},
+        "gap_gain_over_k1": None if gap_gain is None else _round(gap_gain, 6),
+        "values": {c: {str(kk): _round(v, 6) for kk, v in values[c].items()} for c in values},
         "criteria_k_range": [crit_ks[0], crit_ks[-1]] if crit_ks else None,
         "knee": elbow_k(list(sweep.ks), list(sweep.sse)),
     }

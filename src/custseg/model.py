@@ -220,7 +220,9 @@ class SegmentAlignment:
         return {
             "order": list(self.order),
             "matches": list(self.matches),
-            "max_distance": round(self.max_distance, 6),
+            "max_distance": (
+                round(self.max_distance, 6) if np.isfinite(self.max_distance) else None
+            ),  # None: a single old segment, any distance matches
             "kept_ids": kept,
         }
 
