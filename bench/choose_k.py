@@ -128,7 +128,7 @@ def main() -> None:
             sel = [r for r in results if g is None or r["group"] == g]
             hits = sum(r["picks"][rule] == r["true_k"] for r in sel)
             row.append(f"{hits}/{len(sel)}")
-        print(f"{rule:<12} " + " ".join(f"{c:>10}" for c in row))
+        print(f"{SHORT[rule]:<12} " + " ".join(f"{c:>10}" for c in row))
     base = sum(r["picks"]["elbow"] == r["true_k"] for r in results)
     auto = sum(r["picks"]["auto"] == r["true_k"] for r in results)
     print(f"\nauto vs elbow: {auto}/{len(results)} vs {base}/{len(results)} correct "
