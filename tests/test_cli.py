@@ -116,3 +116,15 @@ def test_show_prints_the_latest_runs_summary(mall_run, tmp_path):
     assert len([ln for ln in res.stdout.splitlines() if "%" in ln]) == metrics["chosen_k"]
     res = custseg("show", "--out", str(tmp_path))
     assert res.returncode == 2 and "latest.json not found" in res.stderr
+
+
+def test_default_run_chooses_k_with_auto_and_prints_its_confidence(mall_csv, tmp_path):
+    res = custseg("run", "--input", str(mall_csv), "--out", str(tmp_path), "--k-max", "10",
+                  "--run-id", "auto")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "chosen k = 5 by auto: " in res.stdout and "criteria pick k=5" in res.stdout
+    assert "  confidence " in res.stdout and "silhouette 5" in res.stdout
+    run_dir = tmp_path / "runs" / "auto"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["selection"]["picks"]["silhouette"] == 5
+    assert (run_dir / "selection.png").stat().st_size > 1000
