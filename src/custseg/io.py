@@ -8,6 +8,7 @@ the line or value, and what to do.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import dataclasses
 import difflib
 import gzip
@@ -17,6 +18,7 @@ import logging
 import lzma
 import re
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -578,8 +580,8 @@ def _read_parquet(
     import pyarrow.parquet as pq
 
     try:
-        with storage.open_file(uri, "rb") as fh:
-            pf = pq.ParquetFile(io.BytesIO(fh.read()) if storage.is_remote(uri) else fh)
+        with _parquet_source(uri) as src:
+            pf = pq.ParquetFile(src)
             header = list(pf.schema_arrow.names)
             _check_header(uri, header)
             feats = [resolve_column(f, header, source=uri, needed_by=needed_by) for f in features]
@@ -616,16 +618,35 @@ def write_parquet(frame: pd.DataFrame, uri: str, *, metadata: dict[str, Any] | N
         )
     # dictionary-encoding near-unique ids costs a failed attempt per page: numbers only
     dictionary = [f.name for f in arrow.schema if not pa.types.is_string(f.type)]
-    with storage.open_file(uri, "wb") as fh:
-        pq.write_table(arrow, fh, use_dictionary=dictionary, **WORK_PARQUET)
+    if storage.is_remote(uri):
+        with storage.open_file(uri, "wb") as fh:
+            pq.write_table(arrow, fh, use_dictionary=dictionary, **WORK_PARQUET)
+    else:
+        pq.write_table(arrow, str(storage.local_path(uri)), use_dictionary=dictionary,
+                       **WORK_PARQUET)  # fmt: skip
 
 
 def read_parquet(uri: str, *, columns: list[str] | None = None) -> Any:
     """A Parquet file as an Arrow table (only `columns`, when given)."""
     import pyarrow.parquet as pq
 
-    with storage.open_file(uri, "rb") as fh:
-        return pq.read_table(fh, columns=columns)
+    with _parquet_source(uri) as src:
+        return pq.read_table(src, columns=columns)
+
+
+@contextlib.contextmanager
+def _parquet_source(uri: str) -> Iterator[Any]:
+    """What pyarrow should read: a local path as a string, a remote file as bytes in memory.
+
+    pyarrow is never handed a Python file object: its thread pool can then abort or hang
+    at interpreter exit (apache/arrow#34314, #50482), which turned clean exits into SIGABRT.
+    """
+    import pyarrow as pa
+
+    if storage.is_remote(uri):
+        yield pa.BufferReader(storage.read_bytes(uri))
+    else:
+        yield str(storage.local_path(uri))
 
 
 def save_table(table: CustomerTable, uri: str) -> None:
@@ -654,8 +675,8 @@ def table_metadata(uri: str) -> dict[str, Any]:
 
     import pyarrow.parquet as pq
 
-    with storage.open_file(uri, "rb") as fh:
-        return json.loads(pq.read_schema(fh).metadata[b"custseg"])
+    with _parquet_source(uri) as src:
+        return json.loads(pq.read_schema(src).metadata[b"custseg"])
 
 
 def read_table(uri: str) -> CustomerTable:
