@@ -44,6 +44,8 @@ def test_run_writes_the_artifact_set(mall_run):
     assert f"chosen k = {metrics['chosen_k']}" in res.stdout and "report:" in res.stdout
     html = (run_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "<table" in html
+    for seg in metrics["segments"]:  # shares read as percentages, labels in the table
+        assert f"<td>{seg['share']:.1%}</td>" in html and seg["label"] in html
 
 
 def test_model_has_the_chosen_k_and_predicts_nearest_centroid(mall_run, sample_test_csv):

@@ -165,7 +165,8 @@ def report_html(metrics: dict[str, Any], profile: pd.DataFrame, images: dict[str
     rows = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary
     )
-    table = profile.to_html(index=False, classes="segments", border=0, float_format="{:.2f}".format)
+    shown = profile.assign(share=[f"{v:.1%}" for v in profile["share"]])
+    table = shown.to_html(index=False, classes="segments", border=0, float_format="{:.2f}".format)
     warnings = metrics.get("warnings") or []
     warn_html = (
         "<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>"
