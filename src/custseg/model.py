@@ -130,13 +130,11 @@ def load_model(uri: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a saved model needs and knows: features, k, training ranges, centroids."""
+    """What a saved model needs and knows: features, k and centroids in original units."""
 
     features: tuple[str, ...]
     k: int
     centroids: np.ndarray
-    feature_min: np.ndarray
-    feature_max: np.ndarray
 
 
 def model_info(model: Any) -> ModelInfo:
@@ -147,14 +145,10 @@ def model_info(model: Any) -> ModelInfo:
     centers = kmeans.cluster_centers_
     if scaler != "passthrough" and scaler is not None:
         centers = scaler.inverse_transform(centers)
-    lo = getattr(scaler, "data_min_", None)
-    hi = getattr(scaler, "data_max_", None)
     return ModelInfo(
         features=features,
         k=int(kmeans.n_clusters),
         centroids=np.asarray(centers, dtype=np.float64),
-        feature_min=np.asarray(lo if lo is not None else np.full(len(features), np.nan)),
-        feature_max=np.asarray(hi if hi is not None else np.full(len(features), np.nan)),
     )
 
 
