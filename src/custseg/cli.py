@@ -292,17 +292,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Score new customers with a saved model."""
     from custseg import artifacts, storage
-    from custseg.io import load_customers
-    from custseg.model import load_model, model_info, predict_segments
+    from custseg.model import load_model, model_info
+    from custseg.pipeline import score_customers
 
     run_dir = artifacts.resolve_run_dir(args.model)
     model = load_model(storage.join(run_dir, artifacts.MODEL_FILE))
     info = artifacts.read_json(storage.join(run_dir, "metrics.json"))
-    pre = artifacts.read_json(storage.join(run_dir, "work", "preprocess.json"))
-    table = load_customers(args.input, features=model_info(model).features,
-                           needed_by=f"the model in {run_dir}")  # fmt: skip
-    pred = predict_segments(model, table, train_min=pre["feature_min"],
-                            train_max=pre["feature_max"])  # fmt: skip
+    pred = score_customers(run_dir, args.input, model=model)
     pred.to_csv(args.out, index=False)
     labels = {s["segment"]: s["label"] for s in info["segments"]}
     counts = pred["segment"].value_counts().sort_index()

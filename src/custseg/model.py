@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import zipfile
@@ -77,7 +78,7 @@ def save_model(model: Any, uri: str) -> None:
 
 
 def _schema_types(data: bytes) -> set[str]:
-    with zipfile.ZipFile(_bytes_io(data)) as archive:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         schema = json.loads(archive.read("schema.json"))
     found: set[str] = set()
 
@@ -93,12 +94,6 @@ def _schema_types(data: bytes) -> set[str]:
 
     walk(schema)
     return found
-
-
-def _bytes_io(data: bytes) -> Any:
-    import io
-
-    return io.BytesIO(data)
 
 
 def untrusted_types(data: bytes) -> list[str]:

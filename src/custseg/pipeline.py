@@ -139,13 +139,26 @@ def _sweep_sample(config: PipelineConfig, X: np.ndarray) -> tuple[np.ndarray, in
     return Xs, len(part)
 
 
-def plan_sweep(run_dir: str, *, batches: int = 1) -> list[list[int]]:
-    """The ks to sweep (k_max clamped to the distinct points), split into `batches` lists."""
+def _planned_ks(run_dir: str) -> list[int]:
+    """The ks this run sweeps, decided once (k_max clamped, warned) and kept in `work/plan.json`.
+
+    Later stages read the recorded plan instead of re-deriving it, so the clamp is logged once.
+    """
     from custseg.sweep import k_range
 
+    path = _work(run_dir, "plan.json")
+    if storage.exists(path):
+        return [int(k) for k in artifacts.read_json(path)["ks"]]
     config, _ = _config(run_dir)
     info = artifacts.read_json(_work(run_dir, "preprocess.json"))
     ks = k_range(k_min=config.k_min, k_max=config.k_max, n_distinct=info["n_distinct"])
+    artifacts.write_json(path, {"ks": ks})
+    return ks
+
+
+def plan_sweep(run_dir: str, *, batches: int = 1) -> list[list[int]]:
+    """The ks to sweep (k_max clamped to the distinct points), split into `batches` lists."""
+    ks = _planned_ks(run_dir)
     batches = max(1, min(int(batches), len(ks)))
     return [[int(k) for k in part] for part in np.array_split(ks, batches)]
 
@@ -158,7 +171,7 @@ def sweep_stage(
 
     config, _ = _config(run_dir)
     if ks is None:
-        ks = [k for part in plan_sweep(run_dir) for k in part]
+        ks = _planned_ks(run_dir)
     X, _, _ = _features(run_dir, with_ids=False)
     Xs, n_sample = _sweep_sample(config, X)
     log.info("sweep: %d ks on %d of %d rows", len(ks), n_sample, len(X))
@@ -179,7 +192,7 @@ def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
     from custseg.io import write_parquet
-    from custseg.model import fit_segments, save_model
+    from custseg.model import fit_segments, model_info, save_model
     from custseg.report import elbow_png, profile_segments, segments_png
     from custseg.select import choose_k
     from custseg.sweep import SweepResult, heartbeat, make_kmeans
@@ -188,7 +201,7 @@ def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
     X, ids, info = _features(run_dir)
     Xs, n_sample = _sweep_sample(config, X)
     sweep = SweepResult.from_points(points, n_rows=n_sample)
-    expected = [k for part in plan_sweep(run_dir) for k in part]
+    expected = _planned_ks(run_dir)
     if list(sweep.ks) != expected:
         raise RuntimeError(f"sweep covered ks {list(sweep.ks)}, expected {expected}")
     selection = choose_k(sweep, method=config.select, X=Xs, seed=config.seed)
@@ -205,8 +218,6 @@ def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
             X, tuple(info["features"]), k=k, scaler=config.scaler, seed=config.seed,
             n_init=config.n_init, init=init,
         )  # fmt: skip
-    from custseg.model import model_info
-
     alignment = _align_to_previous(state["out"], model)
     save_model(model, storage.join(run_dir, artifacts.MODEL_FILE))
     labels = model[-1].labels_
@@ -285,6 +296,27 @@ def train_stage(run_dir: str, *, progress: Progress | None = None) -> dict[str, 
     return fit_stage(run_dir, sweep_stage(run_dir, progress=progress))
 
 
+def score_customers(
+    run_dir: str, input_path: str, *, model: Any = None, needed_by: str | None = None
+) -> pd.DataFrame:
+    """Segments of the customers in `input_path` by the run's model (loaded if not given).
+
+    Values far outside the run's training range are flagged in `out_of_range`.
+    """
+    from custseg.io import load_customers
+    from custseg.model import load_model, model_info, predict_segments
+    from custseg.sweep import heartbeat
+
+    if model is None:
+        model = load_model(storage.join(run_dir, artifacts.MODEL_FILE))
+    info = artifacts.read_json(_work(run_dir, "preprocess.json"))
+    table = load_customers(input_path, features=model_info(model).features,
+                           needed_by=needed_by or f"the model in {run_dir}")  # fmt: skip
+    with heartbeat(f"predict: {table.n_rows_read} customers"):
+        return predict_segments(model, table, train_min=info["feature_min"],
+                                train_max=info["feature_max"])  # fmt: skip
+
+
 def finish_stage(run_dir: str) -> dict[str, Any]:
     """Reload the saved model, predict the test customers, write metrics and report, promote.
 
@@ -293,10 +325,8 @@ def finish_stage(run_dir: str) -> dict[str, Any]:
     """
     import sklearn
 
-    from custseg.io import load_customers
-    from custseg.model import load_model, model_info, predict_segments
+    from custseg.model import load_model, model_info
     from custseg.report import report_html
-    from custseg.sweep import heartbeat
 
     config, state = _config(run_dir)
     info = artifacts.read_json(_work(run_dir, "preprocess.json"))
@@ -307,13 +337,10 @@ def finish_stage(run_dir: str) -> dict[str, Any]:
     warnings = list(info["warnings"])
     predictions = None
     if state.get("test"):
-        test = load_customers(state["test"], features=tuple(info["features"]),
-                              needed_by="the model of this run")  # fmt: skip
-        with heartbeat(f"predict: {test.n_rows_read} test customers"):
-            pred = predict_segments(model, test, train_min=info["feature_min"],
-                                    train_max=info["feature_max"])  # fmt: skip
-            storage.write_bytes(storage.join(run_dir, "predictions.csv"),
-                                pred.to_csv(index=False).encode())  # fmt: skip
+        pred = score_customers(run_dir, state["test"], model=model,
+                               needed_by="the model of this run")  # fmt: skip
+        storage.write_bytes(storage.join(run_dir, "predictions.csv"),
+                            pred.to_csv(index=False).encode())  # fmt: skip
         n_far = int((pred["out_of_range"] != "").sum())
         if n_far:
             warnings.append(
@@ -417,6 +444,7 @@ __all__ = [
     "sweep_stage",
     "fit_stage",
     "train_stage",
+    "score_customers",
     "finish_stage",
     "run_pipeline",
 ]
