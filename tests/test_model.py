@@ -149,3 +149,35 @@ def _frame(X):
     import pandas as pd
 
     return pd.DataFrame(X, columns=["income", "score"])
+
+
+@pytest.mark.parametrize("scaler", ["minmax", "standard", "robust", "none"])
+def test_every_scaler_round_trips_and_predicts(tmp_path, scaler):
+    X = np.vstack([np.random.default_rng(0).normal(c, 1, (40, 2)) for c in (0, 20, 40)]) + 50
+    model = fit_segments(X, ("income", "score"), k=3, scaler=scaler, seed=1, n_init=3)
+    save_model(model, str(tmp_path / "m.skops"))
+    back = load_model(str(tmp_path / "m.skops"))
+    info = model_info(back)
+    assert info.features == ("income", "score") and info.k == 3
+    # centroids in original units: each lies at one of the three blobs' means
+    means = np.array([X[i * 40 : (i + 1) * 40].mean(axis=0) for i in range(3)])
+    np.testing.assert_allclose(np.sort(info.centroids[:, 0]), np.sort(means[:, 0]), atol=1e-6)
+    p = tmp_path / "t.csv"
+    p.write_text("id,income,score\n1,50,50\n2,90,90\n")
+    table = load_customers(str(p), features=["income", "score"])
+    pred = predict_segments(back, table, train_min=list(X.min(0)), train_max=list(X.max(0)))
+    assert pred["segment"].tolist() == model.predict(table.frame[["income", "score"]]).tolist()
+
+
+def test_a_scaler_fit_beforehand_gives_the_same_model(fitted):
+    """The CLI fits the scaler once (for the sweep sample) and hands it to the final fit."""
+    import pandas as pd
+    from sklearn.preprocessing import MinMaxScaler
+
+    X, model = fitted
+    scaler = MinMaxScaler().fit(pd.DataFrame(X, columns=["income", "score"]))
+    again = fit_segments(X, ("income", "score"), k=3, scaler=scaler, seed=1, n_init=3)
+    assert again[0] is scaler
+    np.testing.assert_array_equal(again[-1].cluster_centers_, model[-1].cluster_centers_)
+    assert again[-1].inertia_ == model[-1].inertia_
+    assert list(again.feature_names_in_) == ["income", "score"]

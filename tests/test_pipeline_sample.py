@@ -85,3 +85,32 @@ def test_large_run_artifacts_are_light_and_consistent(sampled_run):
     assert profile["size"].sum() == ROWS
     income = frame["Annual Income (k$)"].groupby(assignments["segment"].to_numpy()).mean()
     np.testing.assert_allclose(profile["mean Annual Income (k$)"], income.round(4), atol=1e-4)
+
+
+def test_one_process_run_equals_the_staged_run(sampled_run, tmp_path):
+    """`run_pipeline` hands data between stages in memory; the Airflow stages use files."""
+    from custseg.pipeline import run_pipeline
+
+    run_dir, _, _, staged = sampled_run
+    state = artifacts.read_json(storage.join(run_dir, "work", "run.json"))
+    summary = run_pipeline(CONFIG, input_path=state["input"], out=str(tmp_path), run_id="mem")
+    metrics = artifacts.read_json(storage.join(summary["run_dir"], "metrics.json"))
+    assert artifacts.comparable_metrics(metrics) == artifacts.comparable_metrics(staged)
+    assert metrics["data_sha256"] == staged["data_sha256"]
+    assert not (tmp_path / "runs" / "mem" / "work" / "features.parquet").exists()
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(storage.join(summary["run_dir"], "assignments.parquet")),
+        pd.read_parquet(storage.join(run_dir, "assignments.parquet")),
+    )
+
+
+def test_the_model_file_does_not_grow_with_the_rows(sampled_run):
+    """The training labels go to assignments.parquet, not into the model (O(k), not O(rows))."""
+    from custseg.model import load_model
+
+    run_dir, _, _, metrics = sampled_run
+    path = storage.join(run_dir, artifacts.MODEL_FILE)
+    assert len(storage.read_bytes(path)) < 100_000  # 60,000 int32 labels alone: 240 KB
+    model = load_model(path)
+    assert not hasattr(model[-1], "labels_")
+    assert model[-1].n_clusters == metrics["chosen_k"]

@@ -42,17 +42,19 @@ def fit_segments(
     features: tuple[str, ...],
     *,
     k: int,
-    scaler: str,
+    scaler: Any,
     seed: int,
     n_init: int,
     init: np.ndarray | None = None,
 ) -> Any:
     """Fit `Pipeline(scaler, KMeans(k))` on unscaled rows, with the sweep's random state for k.
 
+    `scaler` is a scaler name (see `make_scaler`), `passthrough`, or a scaler already fit
+    on these rows, used as is (the CLI fits it once for the sweep sample and the model).
     With `init` (scaled centers, e.g. the best fit on the sweep sample) K-Means starts
     from those centers once instead of `n_init` k-means++ starts: on millions of rows
-    that is a few Lloyd passes. The pipeline is fit on a DataFrame, so it remembers the
-    feature names it needs.
+    that is a few Lloyd passes. The scaler sees a DataFrame, so the pipeline remembers
+    the feature names it needs.
     """
     from sklearn.cluster import KMeans
     from sklearn.pipeline import Pipeline
@@ -63,10 +65,19 @@ def fit_segments(
             n_clusters=k, init=np.asarray(init, dtype=np.float64), n_init=1,
             random_state=kmeans.random_state,
         )  # fmt: skip
-    pipeline = Pipeline([("scaler", make_scaler(scaler)), ("kmeans", kmeans)])
-    pipeline.fit(pd.DataFrame(X, columns=list(features), copy=False))
-    log.info("final model: k=%d, SSE=%.6g, %d iterations", k, pipeline[-1].inertia_,
-             pipeline[-1].n_iter_)  # fmt: skip
+    frame = pd.DataFrame(X, columns=list(features), copy=False)
+    fresh = isinstance(scaler, str) and scaler != "passthrough"
+    step = make_scaler(scaler) if fresh else scaler
+    if step == "passthrough":
+        scaled = frame  # K-Means then keeps the feature names itself
+    elif fresh:
+        scaled = step.fit_transform(frame)
+    else:
+        scaled = step.transform(frame)
+    # what Pipeline.fit does, with the option of a scaler that is already fit
+    kmeans.fit(scaled)
+    pipeline = Pipeline([("scaler", step), ("kmeans", kmeans)])
+    log.info("final model: k=%d, SSE=%.6g, %d iterations", k, kmeans.inertia_, kmeans.n_iter_)
     return pipeline
 
 
@@ -134,9 +145,11 @@ class ModelInfo:
 
 def model_info(model: Any) -> ModelInfo:
     """Features, k and centroids (in original units) of a fitted pipeline."""
-    features = tuple(str(f) for f in model.feature_names_in_)
     kmeans = model[-1]
     scaler = model[0]
+    # a passthrough first step has no feature names: K-Means, fit on the DataFrame, has them
+    names = kmeans.feature_names_in_ if scaler == "passthrough" else model.feature_names_in_
+    features = tuple(str(f) for f in names)
     centers = kmeans.cluster_centers_
     if scaler != "passthrough" and scaler is not None:
         centers = scaler.inverse_transform(centers)

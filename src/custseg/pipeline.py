@@ -2,16 +2,20 @@
 
 Each stage reads what the previous one wrote into `OUT/runs/<run_id>/` and returns a small
 JSON-ready dict, so Airflow tasks hand each other paths, never data. `run_pipeline` runs
-the four in order for the CLI; both produce the same artifacts for the same input and seed.
+the same steps in one process for the CLI, handing the table and features over in memory
+(`_load_input`, `_prepare`, `_sweep`, `_fit`: the stages' cores); both produce the same
+artifacts for the same input and seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import logging
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -65,34 +69,48 @@ def start_run(
 
 def load_stage(run_dir: str) -> dict[str, Any]:
     """Load and validate the input table; write it to `work/customers.parquet`."""
-    from custseg.io import load_customers, save_table
+    from custseg.io import save_table
 
-    config, state = _config(run_dir)
-    table = load_customers(state["input"], features=config.features)
-    if state.get("test"):  # fail before the sweep, not after it, if the test file is unusable
-        load_customers(state["test"], features=table.features, needed_by="the model of this run")
+    table = _load_input(run_dir)
     save_table(table, _work(run_dir, "customers.parquet"))
-    result = {
+    return {
         "run_dir": run_dir,
         "n_rows_read": table.n_rows_read,
         "features": list(table.features),
         "id_column": table.id_column,
         "file_format": table.file_format,
     }
+
+
+def _load_input(run_dir: str) -> Any:
+    """The run's input table, loaded and validated (the test file too, if the run has one)."""
+    from custseg.io import load_customers
+
+    config, state = _config(run_dir)
+    table = load_customers(state["input"], features=config.features)
+    if state.get("test"):  # fail before the sweep, not after it, if the test file is unusable
+        load_customers(state["test"], features=table.features, needed_by="the model of this run")
     log.info("load: %d rows, features %s, id column %s", table.n_rows_read, list(table.features),
              table.id_column)  # fmt: skip
-    return result
+    return table
 
 
 def preprocess_stage(run_dir: str) -> dict[str, Any]:
     """Drop and count unusable rows; write `work/features.parquet` and `work/preprocess.json`."""
     from custseg.io import read_table, write_parquet
+
+    data, info = _prepare(run_dir, read_table(_work(run_dir, "customers.parquet")))
+    write_parquet(data.to_frame(), _work(run_dir, "features.parquet"))
+    return info
+
+
+def _prepare(run_dir: str, table: Any) -> tuple[Any, dict[str, Any]]:
+    """The cleaned rows of a loaded table, and their summary (written to `work/preprocess.json`)."""
     from custseg.preprocess import prepare_features
 
     config, _ = _config(run_dir)
-    table = read_table(_work(run_dir, "customers.parquet"))
     data = prepare_features(table, distinct_cap=config.k_max)
-    write_parquet(data.to_frame(), _work(run_dir, "features.parquet"))
+    data = dataclasses.replace(data, X=_by_column(data.X))
     info = {
         "run_dir": run_dir,
         "features": list(data.features),
@@ -103,10 +121,11 @@ def preprocess_stage(run_dir: str) -> dict[str, Any]:
         "n_distinct": data.n_distinct,
         "feature_min": [float(v) for v in data.X.min(axis=0)],
         "feature_max": [float(v) for v in data.X.max(axis=0)],
+        "data_sha256": table.sha256,
         "warnings": list(data.warnings),
     }
     artifacts.write_json(_work(run_dir, "preprocess.json"), info)
-    return info
+    return data, info
 
 
 def _features(run_dir: str, *, with_ids: bool = True) -> tuple[np.ndarray, Any, dict[str, Any]]:
@@ -117,26 +136,44 @@ def _features(run_dir: str, *, with_ids: bool = True) -> tuple[np.ndarray, Any, 
     feats = list(info["features"])
     idc = info["id_column"] if with_ids else None
     arrow = read_parquet(_work(run_dir, "features.parquet"), columns=feats + ([idc] if idc else []))
-    X = np.column_stack([arrow.column(f).to_numpy() for f in feats]).astype(np.float64, copy=False)
+    X = _by_column(np.column_stack([arrow.column(f).to_numpy() for f in feats]))
     ids = arrow.column(idc) if idc else None
     return X, ids, info
 
 
-def _sweep_sample(config: PipelineConfig, X: np.ndarray) -> tuple[np.ndarray, int]:
+def _by_column(X: np.ndarray) -> np.ndarray:
+    """`X` as float64 in column-major order: per-feature reductions over millions of rows
+    (min, max, quantiles, the scaler's fit) are then 10-50x faster than on row-major data."""
+    return np.asfortranarray(X, dtype=np.float64)
+
+
+def _scaler(config: PipelineConfig, X: np.ndarray, features: list[str]) -> Any:
+    """The final model's scaler, fit on all rows (named columns), or `passthrough`."""
+    from custseg.preprocess import make_scaler
+
+    step = make_scaler(config.scaler)
+    return step if step == "passthrough" else step.fit(_frame(X, features))
+
+
+def _frame(X: np.ndarray, features: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(X, columns=features, copy=False)
+
+
+def _sweep_sample(
+    config: PipelineConfig, X: np.ndarray, features: list[str], scaler: Any
+) -> tuple[np.ndarray, int]:
     """The scaled rows the sweep and the selection criteria use, and how many they are.
 
-    The scaler is fit on all rows (as in the final model); the sample is drawn from
+    `scaler` is fit on all rows (as in the final model); the sample is drawn from
     (seed, row count) only, so every mapped sweep batch and the fit stage see the same rows.
     """
-    from custseg.preprocess import make_scaler
     from custseg.sweep import auto_sample_size, sample_rows
 
     size = config.sample_size or auto_sample_size(len(X), k_max=config.k_max, n_features=X.shape[1])
     rows = sample_rows(len(X), size=size, seed=config.seed)
     part = X if rows is None else X[rows]
-    step = make_scaler(config.scaler)
-    Xs = part if step == "passthrough" else step.fit(X).transform(part)
-    return Xs, len(part)
+    Xs = part if scaler == "passthrough" else scaler.transform(_frame(part, features))
+    return np.ascontiguousarray(Xs, dtype=np.float64), len(part)
 
 
 def _planned_ks(run_dir: str) -> list[int]:
@@ -167,15 +204,23 @@ def sweep_stage(
     run_dir: str, ks: list[int] | None = None, *, progress: Progress | None = None
 ) -> list[dict[str, Any]]:
     """SSE for each k of `ks` (default: the whole planned range) as `{"k", "sse"}` dicts."""
+    config, _ = _config(run_dir)
+    X, _, info = _features(run_dir, with_ids=False)
+    feats = list(info["features"])
+    Xs, _ = _sweep_sample(config, X, feats, _scaler(config, X, feats))
+    return _sweep(run_dir, Xs, len(X), ks, progress=progress)
+
+
+def _sweep(
+    run_dir: str, Xs: np.ndarray, n_rows: int, ks: list[int] | None, *,
+    progress: Progress | None,
+) -> list[dict[str, Any]]:  # fmt: skip
     from custseg.sweep import sweep_k
 
     config, _ = _config(run_dir)
     if ks is None:
         ks = _planned_ks(run_dir)
-    X, _, _ = _features(run_dir, with_ids=False)
-    Xs, n_sample = _sweep_sample(config, X)
-    log.info("sweep: %d ks on %d of %d rows", len(ks), n_sample, len(X))
-    del X
+    log.info("sweep: %d ks on %d of %d rows", len(ks), len(Xs), n_rows)
     scorer = None
     if config.select == "auto":  # per-k criteria from the sweep's own fits
         from custseg.criteria import CriteriaScorer
@@ -188,68 +233,74 @@ def sweep_stage(
 
 def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
     """Choose k from the sweep, fit the final model at that k, write model and plots."""
+    config, _ = _config(run_dir)
+    X, ids, info = _features(run_dir)
+    feats = list(info["features"])
+    scaler = _scaler(config, X, feats)
+    Xs, _ = _sweep_sample(config, X, feats, scaler)
+    return _fit(run_dir, points, X=X, ids=ids, info=info, scaler=scaler, sample=Xs)
+
+
+def _fit(
+    run_dir: str,
+    points: list[dict[str, Any]],
+    *,
+    X: np.ndarray,
+    ids: Any,
+    info: dict[str, Any],
+    scaler: Any,
+    sample: np.ndarray,
+) -> dict[str, Any]:
     from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
     from threadpoolctl import threadpool_limits
 
-    from custseg.io import write_parquet
     from custseg.model import fit_segments, model_info, save_model
-    from custseg.report import elbow_png, profile_segments, segments_png
+    from custseg.report import profile_segments, segments_png
     from custseg.select import choose_k
     from custseg.sweep import SweepResult, heartbeat, make_kmeans
 
     config, state = _config(run_dir)
-    X, ids, info = _features(run_dir)
-    Xs, n_sample = _sweep_sample(config, X)
+    features = tuple(info["features"])
+    n_sample = len(sample)
     sweep = SweepResult.from_points(points, n_rows=n_sample)
     expected = _planned_ks(run_dir)
     if list(sweep.ks) != expected:
         raise RuntimeError(f"sweep covered ks {list(sweep.ks)}, expected {expected}")
-    selection = choose_k(sweep, method=config.select, X=Xs, seed=config.seed)
+    selection = choose_k(sweep, method=config.select, X=sample, seed=config.seed)
     k = selection.chosen_k
     log.info("chose k=%d (%s): %s", k, selection.method, selection.reason)
     init = None
     if n_sample < len(X):
         # the sweep's own fit at k (same rows, same random state) seeds the full fit
         with threadpool_limits(limits=1):
-            init = make_kmeans(k, seed=config.seed, n_init=config.n_init).fit(Xs).cluster_centers_
-    del Xs
-    with heartbeat(f"final fit: k={k} on {len(X)} rows"):
-        model = fit_segments(
-            X, tuple(info["features"]), k=k, scaler=config.scaler, seed=config.seed,
-            n_init=config.n_init, init=init,
-        )  # fmt: skip
-    alignment = _align_to_previous(state["out"], model)
-    save_model(model, storage.join(run_dir, artifacts.MODEL_FILE))
-    labels = model[-1].labels_
-    centroids = model_info(model).centroids
-    profile = profile_segments(X, labels, centroids, tuple(info["features"]))
-    storage.write_bytes(storage.join(run_dir, "profile.csv"), profile.to_csv(index=False).encode())
-    sse_csv = pd.DataFrame({"k": sweep.ks, "sse": sweep.sse}).to_csv(
-        index=False, float_format="%.10g"
-    )
-    storage.write_bytes(storage.join(run_dir, "sse.csv"), sse_csv.encode())
-    storage.write_bytes(
-        storage.join(run_dir, "elbow.png"),
-        elbow_png(
-            list(sweep.ks), list(sweep.sse), chosen_k=k, knee=selection.details.get("knee")
-        ),  # fmt: skip
-    )
-    storage.write_bytes(
-        storage.join(run_dir, "segments.png"),
-        segments_png(
-            X, labels, centroids, tuple(info["features"]), list(profile["label"]), seed=config.seed
-        ),  # fmt: skip
-    )
-    if selection.method == "auto":
-        from custseg.report import selection_png
-
-        png = selection_png(selection.to_dict())
-        storage.write_bytes(storage.join(run_dir, "selection.png"), png)
-    assignments = pd.DataFrame({"segment": labels.astype(np.int64)})
-    if ids is not None:
-        assignments.insert(0, info["id_column"], pd.arrays.ArrowExtensionArray(ids))
-    write_parquet(assignments, storage.join(run_dir, "assignments.parquet"))
-    log.info("wrote segment assignments of %d customers", len(assignments))
+            init = (
+                make_kmeans(k, seed=config.seed, n_init=config.n_init).fit(sample).cluster_centers_
+            )
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="custseg-output") as side:
+        # the sweep's plots need no final model: drawn while K-Means runs (it releases the GIL)
+        sweep_plots = side.submit(_sweep_plots, sweep, selection)
+        with heartbeat(f"final fit: k={k} on {len(X)} rows"):
+            model = fit_segments(X, features, k=k, scaler=scaler, seed=config.seed,
+                                 n_init=config.n_init, init=init)  # fmt: skip
+        alignment = _align_to_previous(state["out"], model)
+        # the model keeps centers, not one label per training row (40 MB at 10M rows):
+        # the labels are written to assignments.parquet
+        labels = model[-1].labels_
+        del model[-1].labels_
+        save_model(model, storage.join(run_dir, artifacts.MODEL_FILE))
+        written = side.submit(_write_assignments, run_dir, labels, ids, info["id_column"])
+        centroids = model_info(model).centroids
+        profile = profile_segments(X, labels, centroids, features)
+        storage.write_bytes(
+            storage.join(run_dir, "profile.csv"), profile.to_csv(index=False).encode()
+        )
+        for name, png in sweep_plots.result().items():  # before the next plot: pyplot is global
+            storage.write_bytes(storage.join(run_dir, name), png)
+        storage.write_bytes(
+            storage.join(run_dir, "segments.png"),
+            segments_png(X, labels, centroids, features, list(profile["label"]), seed=config.seed),
+        )
+        written.result()
     train = {
         "run_dir": run_dir,
         "chosen_k": k,
@@ -265,6 +316,39 @@ def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
     }
     artifacts.write_json(_work(run_dir, "train.json"), train)
     return {"run_dir": run_dir, "chosen_k": k, "reason": selection.reason}
+
+
+def _sweep_plots(sweep: Any, selection: Any) -> dict[str, bytes]:
+    """`sse.csv`, `elbow.png` and (select=auto) `selection.png` contents, from the sweep alone."""
+    from custseg.report import elbow_png, selection_png
+
+    sse_csv = pd.DataFrame({"k": sweep.ks, "sse": sweep.sse}).to_csv(
+        index=False, float_format="%.10g"
+    )
+    out = {
+        "sse.csv": sse_csv.encode(),
+        "elbow.png": elbow_png(
+            list(sweep.ks),
+            list(sweep.sse),
+            chosen_k=selection.chosen_k,
+            knee=selection.details.get("knee"),
+        ),  # fmt: skip
+    }
+    if selection.method == "auto":
+        out["selection.png"] = selection_png(selection.to_dict())
+    return out
+
+
+def _write_assignments(run_dir: str, labels: np.ndarray, ids: Any, id_column: str | None) -> None:
+    """`assignments.parquet`: each training customer's segment (with its id, when there is one)."""
+    from custseg.io import write_parquet
+
+    assignments = pd.DataFrame({"segment": labels.astype(np.int64)})
+    if id_column:
+        ids = ids.array if isinstance(ids, pd.Series) else pd.arrays.ArrowExtensionArray(ids)
+        assignments.insert(0, id_column, ids)
+    write_parquet(assignments, storage.join(run_dir, "assignments.parquet"))
+    log.info("wrote segment assignments of %d customers", len(assignments))
 
 
 def _align_to_previous(out: str, model: Any) -> dict[str, Any] | None:
@@ -379,7 +463,7 @@ def finish_stage(run_dir: str) -> dict[str, Any]:
         "n_rows_read": info["n_rows_read"],
         "n_rows_used": info["n_rows_used"],
         "n_rows_dropped": info["n_rows_dropped"],
-        "data_sha256": _sha(run_dir),
+        "data_sha256": info["data_sha256"],
         "segments": profile.to_dict(orient="records"),
         "predictions": predictions,
         "warnings": warnings,
@@ -408,12 +492,6 @@ def finish_stage(run_dir: str) -> dict[str, Any]:
     }
 
 
-def _sha(run_dir: str) -> str:
-    from custseg.io import table_metadata
-
-    return table_metadata(_work(run_dir, "customers.parquet"))["sha256"]
-
-
 def run_pipeline(
     config: PipelineConfig,
     *,
@@ -423,13 +501,24 @@ def run_pipeline(
     run_id: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run all stages in one process (what the CLI does); returns the finish summary."""
+    """Run all stages in one process (what the CLI does); returns the finish summary.
+
+    The stages hand each other the loaded table and the cleaned, scaled rows in memory
+    instead of through `work/*.parquet` (the Airflow tasks' hand-off): same artifacts,
+    without writing and re-reading the table twice.
+    """
     start = time.perf_counter()
     run = start_run(config, input_path=input_path, out=out, test_path=test_path, run_id=run_id)
     run_dir = run["run_dir"]
-    load_stage(run_dir)
-    preprocess_stage(run_dir)
-    train_stage(run_dir, progress=progress)
+    table = _load_input(run_dir)
+    data, info = _prepare(run_dir, table)
+    del table
+    feats = list(info["features"])
+    scaler = _scaler(config, data.X, feats)
+    sample, _ = _sweep_sample(config, data.X, feats, scaler)
+    points = _sweep(run_dir, sample, len(data.X), None, progress=progress)
+    _fit(run_dir, points, X=data.X, ids=data.ids, info=info, scaler=scaler, sample=sample)
+    del data
     summary = finish_stage(run_dir)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     return summary
