@@ -6,6 +6,12 @@ process (wall time and peak RSS), and the classic lab algorithm (KMeans init="ra
 n_init=10, max_iter=300 for k in 1..49, then KneeLocator) on the same MinMax-scaled features.
 It prints one table row per N; ratios are against baselines measured in the same run.
 
+Beside the in-process read floor it measures, once per invocation, what any run pays whatever
+N is: a separate process that only reads the CSV (`custseg run` is timed as a process, so
+interpreter start is in its time too), a process that only imports the stack a run needs
+(scikit-learn, skops, pyarrow, pandas, matplotlib), and `custseg run` on a table no larger
+than the sweep sample (the fixed cost: the k sweep, the criteria, plots, report).
+
     .venv/bin/python bench/scale.py --sizes 100k,1M,10M
     .venv/bin/python bench/scale.py --sizes 100k --classic full
 
@@ -75,6 +81,36 @@ def io_floor(path: Path) -> float:
     return best
 
 
+def process_seconds(code: str) -> float:
+    """Best of two wall times of `python -c code` (interpreter start and imports included)."""
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+STACK_IMPORTS = (
+    "import sklearn.cluster, sklearn.preprocessing, skops.io, pyarrow.csv, pandas, "
+    "matplotlib.pyplot"
+)
+
+
+def fixed_costs(work: Path) -> dict:
+    """N-independent costs: importing the stack, and a whole run on a sample-sized table."""
+    n = 5_000
+    csv = work / "customers_fixed.csv"
+    timed_process([str(BIN / "custseg"), "generate", "--rows", str(n), "--seed", "1",
+                   "--out", str(csv)])  # fmt: skip
+    runs = []
+    for i in range(2):
+        cmd = [str(BIN / "custseg"), "run", "--input", str(csv), "--out", str(work / "out_fixed"),
+               "--no-progress", "--run-id", f"fixed{i}"]  # fmt: skip
+        runs.append(timed_process(cmd)[0])
+    return {"imports_s": process_seconds(STACK_IMPORTS), "run_5k_s": min(runs)}
+
+
 def scaled_features(path: Path) -> np.ndarray:
     import pyarrow.csv as pacsv
 
@@ -120,6 +156,7 @@ def bench_one(n: int, work: Path, *, classic_mode: str, classic_threads: int | N
     gen_s, _, _ = timed_process([str(BIN / "custseg"), "generate", "--rows", str(n),
                                  "--seed", "1", "--out", str(csv)])  # fmt: skip
     floor = io_floor(csv)
+    process_floor = process_seconds(f"import pyarrow.csv as c; c.read_csv({str(csv)!r})")
     out = work / f"out_{label(n)}"
     cmd = [str(BIN / "custseg"), "run", "--input", str(csv), "--out", str(out)]
     run_s, rss, _ = timed_process([*cmd, "--no-progress", "--run-id", "bench"])
@@ -131,6 +168,7 @@ def bench_one(n: int, work: Path, *, classic_mode: str, classic_threads: int | N
         "n": n,
         "generate_s": gen_s,
         "io_floor_s": floor,
+        "process_read_s": process_floor,
         "custseg_s": run_s,
         "peak_rss_gb": rss,
         "custseg_k": metrics["chosen_k"],
@@ -160,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="custseg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# load average at start: {os.getloadavg()}; cores: {os.cpu_count()}; work: {work}")
+    fixed = fixed_costs(work)
+    print(json.dumps(fixed), file=sys.stderr, flush=True)
     results = []
     for n in sizes:
         mode = args.classic if args.classic != "auto" else ("full" if n <= 100_000 else "estimate")
@@ -169,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(r, default=float), file=sys.stderr, flush=True)
     head = (
         "| N | custseg run s | classic s | speedup | run / I/O floor | I/O floor s | "
+        "read as a process s | run / process read | "
         "peak RSS GB | k custseg | k classic | sweep sample | final SSE / best-of-10 | load |"
     )
     print(head)
@@ -179,14 +220,22 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {label(r['n'])} | {r['custseg_s']:.1f} | {r['classic_s']:.0f}{est} | "
             f"{r['classic_s'] / r['custseg_s']:.0f}x | {r['custseg_s'] / r['io_floor_s']:.1f}x | "
-            f"{r['io_floor_s']:.2f} | {r['peak_rss_gb']:.2f} | {r['custseg_k']} | {k_classic} | "
+            f"{r['io_floor_s']:.2f} | {r['process_read_s']:.2f} | "
+            f"{r['custseg_s'] / r['process_read_s']:.1f}x | "
+            f"{r['peak_rss_gb']:.2f} | {r['custseg_k']} | {k_classic} | "
             f"{r['sample_size']} | {r['final_sse'] / r['best10_sse']:.4f} | "
             f"{r['load_avg'][0]:.1f} |"
         )
     for r in results:
         print(f"# {label(r['n'])}: classic {r['classic_how']}; custseg select={r['select']}")
+    print(
+        f"# fixed costs, whatever N: importing the stack {fixed['imports_s']:.2f} s "
+        f"({STACK_IMPORTS.removeprefix('import ')}); custseg run on 5,000 rows "
+        f"(the sweep sample size) {fixed['run_5k_s']:.2f} s"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
+        Path(args.json).write_text(json.dumps({"fixed": fixed, "sizes": results}, indent=2,
+                                              default=float))  # fmt: skip
     return 0
 
 
