@@ -72,3 +72,42 @@ def test_table_round_trips_through_parquet(tmp_path, messy_csv):
     import pandas as pd
 
     pd.testing.assert_frame_equal(back.frame, t.frame, check_dtype=False)
+
+
+def test_huge_rows_skips_nan_and_finds_infinities():
+    from custseg.io import HUGE, _huge_rows
+
+    nan = float("nan")
+    assert _huge_rows(np.array([1.0, nan, -5.0, 9.9e99])).tolist() == []
+    assert _huge_rows(np.array([nan, nan])).tolist() == []
+    values = np.array([1.0, np.inf, nan, -HUGE, 2.0, HUGE, -np.inf, -9.9e99])
+    assert _huge_rows(values).tolist() == [1, 3, 5, 6]
+
+
+def test_parquet_in_row_groups_reads_like_the_csv(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [(f"{i:04d}", None if i % 7 == 0 else float(i % 50), i % 40) for i in range(1, 301)]
+    csv = tmp_path / "c.csv"
+    csv.write_text(
+        "CustomerID,income,score\n"
+        + "".join(f"{c},{'' if a is None else a},{b}\n" for c, a, b in rows)
+    )
+    table = pa.table(
+        {
+            "CustomerID": pa.array([r[0] for r in rows]),
+            "income": pa.array([r[1] for r in rows], pa.float32()),  # float32, with nulls
+            "score": pa.array([r[2] for r in rows], pa.int32()),  # integers
+        }
+    )
+    pq.write_table(table, tmp_path / "c.parquet", row_group_size=64)  # 5 chunks per column
+    a = load_customers(str(csv), features=["income", "score"])
+    b = load_customers(str(tmp_path / "c.parquet"), features=["income", "score"])
+    assert b.file_format == "parquet" and b.n_rows_read == 300
+    for col in ("income", "score"):
+        assert b.frame[col].dtype == np.float64
+        np.testing.assert_array_equal(a.frame[col].to_numpy(), b.frame[col].to_numpy())
+    assert np.isnan(b.frame["income"].to_numpy()).sum() == 42
+    assert b.frame["CustomerID"].tolist() == a.frame["CustomerID"].tolist()
+    assert b.frame["CustomerID"].iloc[63:65].tolist() == ["0064", "0065"]  # across row groups

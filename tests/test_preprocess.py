@@ -6,6 +6,7 @@ from custseg.errors import InputError
 from custseg.io import _id_series, load_customers
 from custseg.preprocess import (
     _repeated_id_rows,
+    _repeated_keys,
     count_distinct_rows,
     prepare_features,
     scale_features,
@@ -68,10 +69,70 @@ def test_repeated_ids_fast_path_matches_pandas():
         ["1", "01", "001", "1"],  # different widths: "1" and "01" are different ids
         ["a1", "b2", "a1"],  # not digits
         [str(v).zfill(6) for v in rng.integers(0, 5000, size=3000)],
+        [str(v).zfill(6) for v in rng.permutation(3000)],  # unsorted, unique: the bitmap
+        [str(v * 10007).zfill(12) for v in rng.integers(0, 900, size=1000)],  # sparse: a sort
+        ["b", "c", "a", "d", "c"],  # not digits, unsorted
+        ["a", "b", "c", "d"],  # increasing text: no repeats
+        ["0002", None, "0001", None, "0001"],  # a missing id
+        ["\u0663", "\u0661", "\u0663"],  # Arabic-Indic digits are not int64 keys
     ]
     for ids in cases:
         series = _id_series(pd.Series(ids))
         np.testing.assert_array_equal(_repeated_id_rows(series), _repeated_reference(ids))
+
+
+def test_repeated_ids_across_arrow_chunks():
+    import pyarrow as pa
+
+    cases = [
+        [["0001", "0002"], ["0002", "0003"]],  # the repeat straddles a chunk boundary
+        [["0001", "0002"], ["0003"], ["0004", "0005"]],  # increasing through the chunks
+        [["x", "y"], ["z", "x"]],
+    ]
+    for chunks in cases:
+        series = _id_series(pa.chunked_array(chunks))
+        ids = [v for chunk in chunks for v in chunk]
+        assert series.tolist() == ids
+        np.testing.assert_array_equal(_repeated_id_rows(series), _repeated_reference(ids))
+
+
+def test_repeated_keys_match_pandas_dense_and_sparse():
+    rng = np.random.default_rng(2)
+    cases = {
+        "dense unique": rng.permutation(20_000).astype(np.int64) + 5,
+        "dense repeats": rng.integers(-50, 20_000, size=20_000),
+        "sparse unique": rng.permutation(20_000).astype(np.int64) * 1_000_003,
+        "sparse repeats": rng.integers(0, 30_000, size=20_000) * 1_000_003,
+        "one key": np.array([7], dtype=np.int64),
+    }
+    for name, keys in cases.items():
+        expected = pd.Series(keys).duplicated(keep=False).to_numpy()
+        np.testing.assert_array_equal(_repeated_keys(keys), expected, err_msg=name)
+    assert not _repeated_keys(cases["dense unique"]).any()
+    assert _repeated_keys(cases["sparse repeats"]).any()
+
+
+def test_clean_table_keeps_every_row_in_an_own_array(tmp_path):
+    p = tmp_path / "c.csv"
+    rows = "".join(f"{i:05d},{i % 13},{i % 7}\n" for i in (3, 1, 2, 5, 4))  # unsorted ids
+    p.write_text("CustomerID,income,score\n" + rows)
+    table = load_customers(str(p), features=["income", "score"])
+    data = prepare_features(table)
+    assert data.dropped == {} and data.n_distinct == 5
+    assert data.X.tolist() == [[3, 3], [1, 1], [2, 2], [5, 5], [4, 4]]
+    assert data.ids.tolist() == ["00003", "00001", "00002", "00005", "00004"]
+    assert data.X.flags.c_contiguous and data.X.flags.writeable
+    assert not np.shares_memory(data.X, table.frame["income"].to_numpy())
+
+
+def test_missing_and_non_numeric_counted_once_each(tmp_path):
+    p = tmp_path / "c.csv"
+    body = "1,10,20\n2,?,21\n3,abc,22\n4,13,\n5,1e400,24\n6,15,25\n7,16,26\n8,17,27\n"
+    p.write_text("CustomerID,income,score\n" + body)
+    data = prepare_features(load_customers(str(p), features=["income", "score"]))
+    assert data.dropped == {"missing": 2, "non_numeric": 1, "non_finite": 1}
+    assert data.ids.tolist() == ["1", "6", "7", "8"]
+    assert any("missing a feature in ['income', 'score'] (line 3, 5)" in w for w in data.warnings)
 
 
 def test_unique_ids_keep_every_row_and_ids_stay_arrow(tmp_path):

@@ -357,8 +357,7 @@ def _id_series(values: Any) -> pd.Series:
 
     if isinstance(values, pd.Series):
         values = pa.array(values, from_pandas=True)
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
+    # chunks (one per parsed CSV block or Parquet row group) stay as they are: no copy
     if not pa.types.is_string(values.type):
         values = values.cast(pa.string())
     return pd.Series(pd.arrays.ArrowExtensionArray(values))
@@ -376,7 +375,7 @@ def _arrow_frame(table: Any, id_column: str | None) -> pd.DataFrame:
             columns[name] = column.to_numpy()  # nulls become NaN
         else:
             columns[name] = column.to_pandas()
-    return pd.DataFrame(columns, index=pd.RangeIndex(table.num_rows))
+    return pd.DataFrame(columns, index=pd.RangeIndex(table.num_rows), copy=False)
 
 
 def _read_head(uri: str) -> bytes:
@@ -469,10 +468,9 @@ def _load(
     needed_by: str | None,
 ) -> CustomerTable:
     kind = sniff_format(uri)
-    warnings: list[str] = []
     header_line = 1
     if kind == "parquet":
-        frame, header = _read_parquet(uri, features, id_column, needed_by)
+        table, feats, idc = _read_parquet(uri, features, id_column, needed_by)
         file_format = "parquet"
     else:
         file_format = "csv" if kind == "csv" else f"csv+{kind}"
@@ -509,38 +507,70 @@ def _load(
             except pa.ArrowInvalid as exc2:
                 raise _arrow_error(uri, exc2, _as_bytes(uri, kind, data), header) from None
         del data
-        frame = _arrow_frame(table, idc)
-        header = list(header)
-    n_rows = len(frame)
+    n_rows = table.num_rows
     if n_rows == 0:
         raise InputError(f"{uri}: header only, no data rows; the table has no customers")
-
-    feats = [resolve_column(f, list(frame.columns), source=uri, needed_by=needed_by)
-             for f in features]  # fmt: skip
-    idc = id_column and resolve_column(id_column, list(frame.columns), source=uri)
-    idc = idc or find_id_column(list(frame.columns))
 
     def line_of(row: int) -> int:
         return row + header_line + 1 if file_format != "parquet" else row + 1
 
     word = "row" if file_format == "parquet" else "line"
+    frame, invalid, warnings = _feature_frame(uri, table, feats, idc, line_of, word)
+    del table
+    for w in warnings:
+        log.warning("%s", w)
+    log.info("read %d rows from %s (%s); features %s", n_rows, uri, file_format, feats)
+    return CustomerTable(
+        frame=frame,
+        features=tuple(feats),
+        id_column=idc or None,
+        source=uri,
+        file_format=file_format,
+        n_rows_read=n_rows,
+        sha256="",  # filled in by load_customers, hashed beside the parse
+        invalid=invalid,
+        warnings=tuple(warnings),
+        header_line=header_line,
+    )
 
+
+def _huge_rows(values: np.ndarray) -> np.ndarray:
+    """Rows whose value is infinite or at least `HUGE` in size (NaN is neither)."""
+    with np.errstate(invalid="ignore"):
+        # two allocation-free reductions that skip NaN settle the usual case: nothing huge
+        if np.fmax.reduce(values) < HUGE and np.fmin.reduce(values) > -HUGE:
+            return np.array([], dtype=np.intp)
+        return np.flatnonzero(np.abs(values) >= HUGE)
+
+
+def _feature_frame(
+    uri: str, table: Any, feats: list[str], idc: str | None, line_of: Any, word: str
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[str]]:
+    """The id and features of an Arrow table as a DataFrame, the invalid rows per reason
+    and the warnings naming them; float columns go straight from Arrow to NumPy."""
+    import pyarrow as pa
+
+    warnings: list[str] = []
     invalid_rows: dict[str, list[np.ndarray]] = {"non_numeric": [], "non_finite": []}
-    out = pd.DataFrame(index=pd.RangeIndex(n_rows))
+    columns: dict[str, Any] = {}
+    ids = _id_series(table.column(idc)) if idc else None
     if idc:
-        out[idc] = _id_series(frame[idc])
+        columns[idc] = ids
     for col in feats:
-        series = frame[col]
-        if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(
-            series.dtype
-        ):
-            values = series.to_numpy(dtype="float64", na_value=np.nan)
+        column = table.column(col)
+        if col != idc and pa.types.is_floating(column.type):
+            values = np.asarray(column.to_numpy(), dtype=np.float64)  # nulls become NaN
         else:
-            values, bad, more = _coerce_numeric(uri, col, series, line_of, word)
-            invalid_rows["non_numeric"].append(bad)
-            warnings.extend(more)
-        with np.errstate(invalid="ignore"):
-            infinite = np.flatnonzero(np.abs(values) >= HUGE)
+            series = ids if col == idc else column.to_pandas()
+            if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(
+                series.dtype
+            ):
+                values = series.to_numpy(dtype="float64", na_value=np.nan)
+            else:
+                values, bad, more = _coerce_numeric(uri, col, series, line_of, word)
+                invalid_rows["non_numeric"].append(bad)
+                warnings.extend(more)
+        infinite = _huge_rows(values)
         if infinite.size:
             lines = ", ".join(str(line_of(int(r))) for r in infinite[:_MAX_REPORTED])
             warnings.append(
@@ -551,31 +581,21 @@ def _load(
             values = values.copy()
             values[infinite] = np.nan
             invalid_rows["non_finite"].append(infinite)
-        out[col] = values
+        columns[col] = values
     invalid = {
         reason: np.unique(np.concatenate(parts)) if parts else np.array([], dtype=np.int64)
         for reason, parts in invalid_rows.items()
     }
-    for w in warnings:
-        log.warning("%s", w)
-    log.info("read %d rows from %s (%s); features %s", n_rows, uri, file_format, feats)
-    return CustomerTable(
-        frame=out,
-        features=tuple(feats),
-        id_column=idc or None,
-        source=uri,
-        file_format=file_format,
-        n_rows_read=n_rows,
-        sha256="",  # filled in by load_customers, hashed beside the parse
-        invalid={k: v for k, v in invalid.items() if v.size},
-        warnings=tuple(warnings),
-        header_line=header_line,
-    )
+    # copy=False: each column stays its own array (no copy into one 2-D float block)
+    frame = pd.DataFrame(columns, index=pd.RangeIndex(table.num_rows), copy=False)
+    return frame, {k: v for k, v in invalid.items() if v.size}, warnings
 
 
 def _read_parquet(
     uri: str, features: tuple[str, ...] | list[str], id_column: str | None, needed_by: str | None
-) -> tuple[pd.DataFrame, list[str]]:
+) -> tuple[Any, list[str], str | None]:
+    """The wanted columns of a Parquet file as an Arrow table, the features' and the id's
+    column names."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -595,7 +615,7 @@ def _read_parquet(
             table = pf.read(columns=wanted)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{uri}: not a readable Parquet file ({exc})") from None
-    return _arrow_frame(table, idc), header
+    return table, feats, idc
 
 
 WORK_PARQUET = {"compression": "lz4"}

@@ -82,36 +82,64 @@ def count_distinct_rows(X: np.ndarray, *, cap: int | None = None) -> int:
 
 
 def _id_keys(ids: pd.Series) -> np.ndarray | None:
-    """int64 keys equal exactly when the ids are equal, if the ids are equal-length digit
-    strings (the usual `0001`, `123456` ids); None otherwise."""
+    """int64 keys equal exactly when the ids are equal, if the ids are equal-length ASCII
+    digit strings (the usual `0001`, `123456` ids); None otherwise."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     arr = pa.array(ids)
     if not pa.types.is_string(arr.type) or arr.null_count or len(arr) == 0:
         return None
-    lengths = pc.min_max(pc.utf8_length(arr)).as_py()
+    lengths = pc.min_max(pc.binary_length(arr)).as_py()
     if lengths["min"] != lengths["max"] or not 0 < lengths["max"] <= 18:
         return None
-    if not pc.all(pc.utf8_is_decimal(arr)).as_py():
+    if not pc.all(pc.ascii_is_decimal(arr)).as_py():
         return None
     return arr.cast(pa.int64()).to_numpy()
 
 
+def _strictly_increasing(ids: pd.Series) -> bool:
+    """Whether every id (all present) sorts after the one before it, so no id repeats: one
+    vectorised comparison settles the usual file of ids in order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(ids)
+    if arr.null_count or len(arr) < 2 or not pa.types.is_string(arr.type):
+        return len(arr) < 2 and not arr.null_count
+    return bool(pc.all(pc.greater(arr[1:], arr[:-1])).as_py())
+
+
+def _repeated_keys(keys: np.ndarray) -> np.ndarray:
+    """Mask of the int64 `keys` that occur more than once. Keys spanning a range of at most
+    8 per key (numbered customers) are checked with a bitmap, others by sorting."""
+    lo, hi = int(keys.min()), int(keys.max())
+    seen = None
+    if hi - lo < 8 * len(keys):
+        seen = np.zeros(hi - lo + 1, dtype=bool)
+        seen[keys - lo] = True
+        if np.count_nonzero(seen) == len(keys):
+            return np.zeros(len(keys), dtype=bool)
+    sorted_keys = np.sort(keys)
+    same = sorted_keys[1:] == sorted_keys[:-1]
+    if not same.any():
+        return np.zeros(len(keys), dtype=bool)
+    repeated = np.unique(sorted_keys[1:][same])
+    if seen is None:
+        return pd.Series(keys).isin(repeated).to_numpy()
+    seen[:] = False
+    seen[repeated - lo] = True
+    return seen[keys - lo]
+
+
 def _repeated_id_rows(ids: pd.Series) -> np.ndarray:
-    """Mask of rows whose id occurs more than once (cheap when ids are sorted numbers)."""
+    """Mask of rows whose id occurs more than once (cheap when ids are sorted or numbers)."""
+    if _strictly_increasing(ids):
+        return np.zeros(len(ids), dtype=bool)
     keys = _id_keys(ids)
     if keys is None:
         return ids.duplicated(keep=False).to_numpy()
-    if len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1])):
-        return np.zeros(len(keys), dtype=bool)
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    same = sorted_keys[1:] == sorted_keys[:-1]
-    repeated = np.zeros(len(keys), dtype=bool)
-    repeated[order[1:][same]] = True
-    repeated[order[:-1][same]] = True
-    return repeated
+    return _repeated_keys(keys)
 
 
 def prepare_features(table: CustomerTable, *, distinct_cap: int | None = None) -> PreparedData:
@@ -126,51 +154,69 @@ def prepare_features(table: CustomerTable, *, distinct_cap: int | None = None) -
     frame = table.frame
     feats = list(table.features)
     n = len(frame)
-    X = np.column_stack([frame[c].to_numpy(dtype=np.float64) for c in feats])
-    reason = np.zeros(n, dtype=np.int8)
-    reason[np.isnan(X).any(axis=1)] = _MISSING
-    for why in ("non_numeric", "non_finite"):
-        rows = table.invalid.get(why)
-        if rows is not None and rows.size:
-            reason[rows] = _REASON_CODES[why]
-    keep = reason == 0
-    dropped = {r: int(np.sum(reason == code)) for r, code in _REASON_CODES.items()}
+    cols = [frame[c].to_numpy(dtype=np.float64) for c in feats]
+    invalid = {why: table.invalid.get(why) for why in ("non_numeric", "non_finite")}
+    dropped = dict.fromkeys(_REASON_CODES, 0)
+    keep: np.ndarray | None = None  # None while every row is kept
     warnings: list[str] = []
-    if dropped["missing"]:
-        first = np.flatnonzero(reason == _MISSING)[:5]
-        lines = ", ".join(str(table.line_of(int(r))) for r in first)
-        cols = [c for c in feats if frame[c].isna().any()]
-        warnings.append(
-            f"{table.source}: dropped {dropped['missing']} row(s) missing a feature in "
-            f"{cols} ({table.line_word} {lines}{', ...' if dropped['missing'] > 5 else ''})"
-        )
-    ids = frame[table.id_column] if table.id_column else np.arange(1, n + 1, dtype=np.int64)
-    dup = np.zeros(n, dtype=bool)
-    if table.id_column and keep.any():
-        # rows whose id is unique can be neither an exact duplicate nor a conflicting id
-        candidates = keep & _repeated_id_rows(frame[table.id_column])
-        kept = frame.loc[candidates, [table.id_column, *feats]]
-        where = np.flatnonzero(candidates)
-        dup[where] = kept.duplicated(keep="first").to_numpy()
-        conflicts = kept[~dup[where]]
-        repeated = conflicts[table.id_column].duplicated(keep="first").to_numpy()
-        if repeated.any():
-            rows = conflicts.index[repeated]
-            sample = ", ".join(
-                f"{frame.at[r, table.id_column]!r} ({table.line_word} {table.line_of(int(r))})"
-                for r in rows[:5]
-            )
+    # a column's sum is NaN if it holds a NaN: no mask is built for a table without gaps
+    gaps = [bool(np.isnan(np.sum(col))) for col in cols]
+    if any(gaps) or any(rows is not None and rows.size for rows in invalid.values()):
+        missing = np.zeros(n, dtype=bool)
+        for col, gap in zip(cols, gaps, strict=True):
+            if gap:
+                missing |= np.isnan(col)
+        reason = missing.astype(np.int8) * np.int8(_MISSING)
+        for why, rows in invalid.items():
+            if rows is not None and rows.size:
+                reason[rows] = _REASON_CODES[why]
+        keep = reason == 0
+        counts = np.bincount(reason, minlength=len(_REASON_CODES) + 1)
+        dropped = {r: int(counts[code]) for r, code in _REASON_CODES.items()}
+        if dropped["missing"]:
+            first = np.flatnonzero(reason == _MISSING)[:5]
+            lines = ", ".join(str(table.line_of(int(r))) for r in first)
+            nan_feats = [c for c, col in zip(feats, cols, strict=True) if np.isnan(col).any()]
             warnings.append(
-                f"{table.source}: {int(repeated.sum())} customer id(s) repeat with different "
-                f"values: {sample}; the first row of each id is kept"
+                f"{table.source}: dropped {dropped['missing']} row(s) missing a feature in "
+                f"{nan_feats} ({table.line_word} {lines}"
+                f"{', ...' if dropped['missing'] > 5 else ''})"
             )
-            dup[rows.to_numpy()] = True
-            dropped["conflicting_id"] = int(repeated.sum())
-    dropped["duplicate"] = int(dup.sum()) - dropped.get("conflicting_id", 0)
-    keep &= ~dup
-    if not keep.all():
-        X = X[keep]
+        del missing, reason
+    ids = frame[table.id_column] if table.id_column else np.arange(1, n + 1, dtype=np.int64)
+    n_dup = 0
+    if table.id_column and n and (keep is None or keep.any()):
+        # rows whose id is unique can be neither an exact duplicate nor a conflicting id
+        candidates = _repeated_id_rows(frame[table.id_column])
+        if keep is not None:
+            candidates = candidates & keep
+        if candidates.any():
+            dup = np.zeros(n, dtype=bool)
+            kept = frame.loc[candidates, [table.id_column, *feats]]
+            where = np.flatnonzero(candidates)
+            dup[where] = kept.duplicated(keep="first").to_numpy()
+            conflicts = kept[~dup[where]]
+            repeated = conflicts[table.id_column].duplicated(keep="first").to_numpy()
+            if repeated.any():
+                rows = conflicts.index[repeated]
+                sample = ", ".join(
+                    f"{frame.at[r, table.id_column]!r} ({table.line_word} {table.line_of(int(r))})"
+                    for r in rows[:5]
+                )
+                warnings.append(
+                    f"{table.source}: {int(repeated.sum())} customer id(s) repeat with "
+                    f"different values: {sample}; the first row of each id is kept"
+                )
+                dup[rows.to_numpy()] = True
+                dropped["conflicting_id"] = int(repeated.sum())
+            n_dup = int(dup.sum())
+            if n_dup:
+                keep = ~dup if keep is None else keep & ~dup
+    dropped["duplicate"] = n_dup - dropped.get("conflicting_id", 0)
+    if keep is not None and not keep.all():
+        cols = [col[keep] for col in cols]
         ids = ids[keep] if isinstance(ids, np.ndarray) else ids[keep].reset_index(drop=True)
+    X = np.column_stack(cols)
     if X.shape[0] == 0:
         empty = [c for c in feats if np.isnan(frame[c].to_numpy(np.float64)).all()]
         if empty:
@@ -189,7 +235,7 @@ def prepare_features(table: CustomerTable, *, distinct_cap: int | None = None) -
             "segmentation needs at least 2 different rows"
         )
     for j, col in enumerate(feats):
-        if np.ptp(X[:, j]) == 0:
+        if np.ptp(cols[j]) == 0:
             raise InputError(
                 f"{table.source}: feature {col!r} is constant ({X[0, j]:g} in every usable row); "
                 "drop it from --features"
