@@ -80,6 +80,7 @@ def test_huge_rows_skips_nan_and_finds_infinities():
     nan = float("nan")
     assert _huge_rows(np.array([1.0, nan, -5.0, 9.9e99])).tolist() == []
     assert _huge_rows(np.array([nan, nan])).tolist() == []
+    assert _huge_rows(np.array([])).tolist() == []
     values = np.array([1.0, np.inf, nan, -HUGE, 2.0, HUGE, -np.inf, -9.9e99])
     assert _huge_rows(values).tolist() == [1, 3, 5, 6]
 

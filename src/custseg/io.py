@@ -538,7 +538,7 @@ def _huge_rows(values: np.ndarray) -> np.ndarray:
     """Rows whose value is infinite or at least `HUGE` in size (NaN is neither)."""
     with np.errstate(invalid="ignore"):
         # two allocation-free reductions that skip NaN settle the usual case: nothing huge
-        if np.fmax.reduce(values) < HUGE and np.fmin.reduce(values) > -HUGE:
+        if not values.size or (np.fmax.reduce(values) < HUGE and np.fmin.reduce(values) > -HUGE):
             return np.array([], dtype=np.intp)
         return np.flatnonzero(np.abs(values) >= HUGE)
 

@@ -166,7 +166,7 @@ def prepare_features(table: CustomerTable, *, distinct_cap: int | None = None) -
         for col, gap in zip(cols, gaps, strict=True):
             if gap:
                 missing |= np.isnan(col)
-        reason = missing.astype(np.int8) * np.int8(_MISSING)
+        reason = np.where(missing, np.int8(_MISSING), np.int8(0))
         for why, rows in invalid.items():
             if rows is not None and rows.size:
                 reason[rows] = _REASON_CODES[why]
