@@ -4,6 +4,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from custseg.criteria import (
+    CRITERIA,
     CRITERIA_K_MAX,
     CriteriaScorer,
     choose_auto,
@@ -125,3 +126,22 @@ def test_the_decision_is_strict_json_even_for_one_segment():
     sel = auto(X, seed=0, k_max=6)
     assert sel.chosen_k == 1 and sel.details["stability"]["agreement"] is None
     json.dumps(sel.to_dict(), allow_nan=False)
+
+
+def test_criteria_and_stability_same_for_any_number_of_workers(caplog):
+    import logging
+
+    from custseg.criteria import stability
+
+    X, _ = make_clusters(1500, 3, dim=2, separation=6.0, seed=4)
+    X = scale_features(X, scaler="minmax")
+    with caplog.at_level(logging.INFO, logger="custseg.sweep"):
+        runs = {w: sweep_k(X, range(1, 9), seed=3, n_init=4, workers=w,
+                           scorer=CriteriaScorer(X, seed=3)) for w in (1, 2)}  # fmt: skip
+        stab = {w: stability(X, 3, range(1, 9), seed=3, resamples=3, workers=w) for w in (1, 2)}
+    assert "sweep: 8 tasks on 2 worker processes" in caplog.text
+    assert "stability: 21 tasks on 2 worker processes" in caplog.text  # 3 resamples x k=2..8
+    assert runs[1].sse == runs[2].sse and runs[1].scores == runs[2].scores
+    assert set(runs[2].scores[3]) == {*CRITERIA, "gap_sd"} and runs[2].scores[3]["silhouette"] > 0.5
+    assert stab[1] == stab[2]
+    assert stab[2].ks == (3, 3, 3) and stab[2].agreement == 1.0 and stab[2].ari > 0.95

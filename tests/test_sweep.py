@@ -1,3 +1,6 @@
+import logging
+import os
+
 import numpy as np
 import pytest
 
@@ -66,11 +69,133 @@ def test_auto_sample_size_grows_with_k_and_features_and_caps_at_n():
     assert auto_sample_size(10_000_000, k_max=50, n_features=6) == 15_000
 
 
-def test_sweep_same_for_any_number_of_workers():
-    X = np.random.default_rng(2).random((400, 3))
-    one = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=1)
-    two = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=2)
+class FailsAt:
+    """A scorer that raises at one k (and says in which process)."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def __call__(self, k, labels, sse):
+        if k == self.k:
+            raise ValueError(f"no score for k={k} in pid {os.getpid()}")
+        return {"used": float(len(np.unique(labels)))}
+
+
+def _unpickled_in_a_worker():
+    raise RuntimeError("this scorer cannot be unpickled")
+
+
+class StaysHere(FailsAt):
+    """A scorer that works here but kills any worker process it is sent to."""
+
+    def __reduce__(self):
+        return _unpickled_in_a_worker, ()
+
+
+def pool_workers(psutil, pid):
+    """The live processes below `pid` that its fork server forked: the pools' workers."""
+    out = []
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            if p.ppid() != pid and "forkserver" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:  # gone meanwhile
+            pass
+    return out
+
+
+def _sweep_in_daemon(queue):
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("custseg.sweep").addHandler(handler)
+    logging.getLogger("custseg.sweep").setLevel(logging.INFO)
+    X = np.random.default_rng(2).random((1200, 3))
+    result = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=2, scorer=FailsAt(0))
+    queue.put((result.sse, result.scores, records))
+
+
+def test_sweep_same_for_any_number_of_workers(caplog):
+    X = np.random.default_rng(2).random((1200, 3))
+    calls = []
+    one = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=1, scorer=FailsAt(0))
+    with caplog.at_level(logging.INFO, logger="custseg.sweep"):
+        two = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=2, scorer=FailsAt(0),
+                      progress=lambda *a: calls.append(a))  # fmt: skip
+    assert "sweep: 8 tasks on 2 worker processes" in caplog.text
     assert one.sse == two.sse and one.ks == tuple(range(1, 9))
+    assert one.scores == two.scores and list(two.scores) == list(range(1, 9))
+    assert two.scores[3] == {"used": 3.0}
+    # progress runs here, once per k as results arrive
+    assert [c[0] for c in calls] == list(range(1, 9)) and {c[1] for c in calls} == {8}
+    assert {c[2]: c[3] for c in calls} == dict(zip(two.ks, two.sse, strict=True))
+
+
+def test_sweep_runs_small_jobs_in_process(caplog):
+    X = np.random.default_rng(2).random((1200, 2))
+    with caplog.at_level(logging.INFO, logger="custseg.sweep"):
+        few_ks = sweep_k(X, range(1, 4), seed=7, n_init=2, workers=2)
+        few_rows = sweep_k(X[:900], range(1, 9), seed=7, n_init=2, workers=2)
+    assert "running in-process (small job: 3 tasks, 1200 rows)" in caplog.text
+    assert "running in-process (small job: 8 tasks, 900 rows)" in caplog.text
+    assert "worker processes" not in caplog.text
+    assert few_ks.sse == sweep_k(X, range(1, 4), seed=7, n_init=2, workers=1).sse
+    assert few_rows.sse == sweep_k(X[:900], range(1, 9), seed=7, n_init=2, workers=1).sse
+
+
+def test_sweep_falls_back_in_process_when_workers_cannot_start(caplog, monkeypatch):
+    X = np.random.default_rng(2).random((1200, 3))
+    one = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=1, scorer=FailsAt(0))
+
+    def no_pool(workers, state):
+        raise OSError("no processes here")
+
+    with caplog.at_level(logging.INFO, logger="custseg.sweep"):
+        # a worker dies as it unpickles the scorer: its tasks run here instead
+        died = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=2, scorer=StaysHere(0))
+        assert "worker processes failed: BrokenProcessPool" in caplog.text
+        # the scorer does not pickle at all (a closure)
+        closure = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=2,
+                          scorer=lambda k, labels, sse: FailsAt(0)(k, labels, sse))  # fmt: skip
+        assert "cannot start worker processes: " in caplog.text
+        monkeypatch.setattr("custseg.sweep._process_pool", no_pool)
+        caplog.clear()
+        refused = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=2, scorer=FailsAt(0))
+    assert "cannot start worker processes: OSError('no processes here')" in caplog.text
+    assert "running the 8 remaining tasks in-process" in caplog.text
+    for other in (died, closure, refused):
+        assert other.sse == one.sse and other.scores == one.scores
+
+
+def test_sweep_in_a_daemonic_process_runs_in_process():
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_sweep_in_daemon, args=(queue,), daemon=True)
+    child.start()
+    sse, scores, records = queue.get(timeout=120)
+    child.join(30)
+    assert child.exitcode == 0
+    assert "sweep: running in-process (daemonic processes are not allowed to have children)" in (
+        records
+    )
+    X = np.random.default_rng(2).random((1200, 3))
+    here = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=1, scorer=FailsAt(0))
+    assert sse == here.sse and scores == here.scores
+
+
+def test_an_error_in_a_fit_propagates_and_leaves_no_worker_processes():
+    import multiprocessing
+
+    psutil = pytest.importorskip("psutil")
+    X = np.random.default_rng(2).random((1200, 3))
+    with pytest.raises(ValueError, match=r"no score for k=5 in pid (\d+)") as raised:
+        sweep_k(X, range(1, 9), seed=7, n_init=2, workers=2, scorer=FailsAt(5))
+    worker = int(raised.value.args[0].rsplit(" ", 1)[1])
+    assert worker != os.getpid() and not psutil.pid_exists(worker)
+    assert multiprocessing.active_children() == []
+    assert pool_workers(psutil, os.getpid()) == []  # the fork server may stay, not its workers
 
 
 def test_heartbeat_logs_while_running(caplog):
@@ -81,3 +206,53 @@ def test_heartbeat_logs_while_running(caplog):
         time.sleep(0.3)
     assert "slow: still running" in caplog.text
     assert "slow: done in" in caplog.text
+
+
+def test_workers_exit_when_their_parent_is_killed():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    code = ("import numpy as np; from custseg.sweep import sweep_k; "
+            "sweep_k(np.random.default_rng(0).random((5000, 2)), range(1, 51), seed=1, "
+            "n_init=10, workers=2)")  # fmt: skip
+
+    child = subprocess.Popen([sys.executable, "-c", code])
+    workers = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.1)
+            workers = pool_workers(psutil, child.pid)
+        assert len(workers) == 2
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    for p in alive:  # pragma: no cover - only when the test fails
+        p.kill()
+    assert alive == [] and len(gone) == 2
+
+
+def test_workers_do_not_rerun_a_script_without_a_main_guard(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import logging, sys\n"
+        "import numpy as np\n"
+        "from custseg.sweep import sweep_k\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
+        "print('script body runs', flush=True)\n"
+        "X = np.random.default_rng(2).random((1200, 3))\n"
+        "print(sweep_k(X, range(1, 9), seed=7, n_init=2, workers=2).sse)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, check=True).stdout  # fmt: skip
+    assert out.count("script body runs") == 1, out
+    assert "sweep: 8 tasks on 2 worker processes" in out and "in-process" not in out
+    X = np.random.default_rng(2).random((1200, 3))
+    assert str(sweep_k(X, range(1, 9), seed=7, n_init=2, workers=1).sse) in out

@@ -8,6 +8,7 @@ silhouette on at most `SILHOUETTE_ROWS` rows, references of at most `GAP_ROWS` r
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections import Counter
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from custseg.select import Selection, elbow_k
-from custseg.sweep import SweepResult, make_kmeans
+from custseg.sweep import SweepResult, make_kmeans, run_tasks, sweep_k
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +200,8 @@ def collect(sweep: SweepResult, X: np.ndarray, *, seed: int) -> dict[str, dict[i
     missing = [k for k in ks if not scores.get(k)]
     if missing:
         log.info("criteria: scoring k=%s (not scored by the sweep)", missing)
-        from threadpoolctl import threadpool_limits
-
-        scorer = CriteriaScorer(X, seed=seed)
-        with threadpool_limits(limits=1):  # small fits: threads cost more than they save
-            for k in missing:
-                km = make_kmeans(k, seed=seed, n_init=10).fit(X)
-                scores[k] = scorer(k, km.labels_, float(km.inertia_))
+        refit = sweep_k(X, missing, seed=seed, n_init=10, scorer=CriteriaScorer(X, seed=seed))
+        scores.update(refit.scores)
     values: dict[str, dict[int, float]] = {name: {} for name in (*CRITERIA, "gap_sd")}
     for k in ks:
         for name, v in scores[k].items():
@@ -234,43 +230,45 @@ def _round(x: float, digits: int = 3) -> float | None:
 
 
 def stability(
-    X: np.ndarray, chosen_k: int, ks: Iterable[int], *, seed: int, resamples: int
+    X: np.ndarray,
+    chosen_k: int,
+    ks: Iterable[int],
+    *,
+    seed: int,
+    resamples: int,
+    workers: int | None = None,
 ) -> Stability:
-    """Redo the choice (without the gap) on `resamples` subsamples with other seeds."""
+    """Redo the choice (without the gap) on `resamples` subsamples with other seeds.
+
+    Each (resample, k) fit is a task of `custseg.sweep.run_tasks` (on `workers` processes,
+    default the usable cores), deterministic on its own, so the result does not depend on
+    the number of workers.
+    """
+    from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1):
-        return _stability(X, chosen_k, ks, seed=seed, resamples=resamples)
-
-
-def _stability(
-    X: np.ndarray, chosen_k: int, ks: Iterable[int], *, seed: int, resamples: int
-) -> Stability:
-    from sklearn.metrics import adjusted_rand_score
-
-    ks = [k for k in ks if k >= 2]
-    n = len(X)
+    X = np.asarray(X, dtype=np.float64)
+    rows = min(int(0.8 * len(X)), STABILITY_ROWS)
+    ks = list(itertools.takewhile(lambda k: k < rows, (k for k in ks if k >= 2)))
     ref_labels = None
     if chosen_k >= 2:
-        ref_labels = make_kmeans(chosen_k, seed=seed, n_init=STABILITY_N_INIT).fit(X).predict(X)
+        with threadpool_limits(limits=1):
+            km = make_kmeans(chosen_k, seed=seed, n_init=STABILITY_N_INIT).fit(X)
+            ref_labels = km.predict(X)
+    fits: dict[tuple[int, int], tuple[dict[str, float | None] | None, float | None]] = {}
+    tasks = [(r, k) for k in sorted(ks, reverse=True) for r in range(resamples)]
+    run_tasks(_resample_fit, (X, chosen_k, seed, rows, ref_labels), tasks,
+              done=fits.__setitem__, workers=workers, rows=rows, what="stability")  # fmt: skip
     found, aris = [], []
     for r in range(resamples):
-        rng = _rng(seed, 4, r)
-        idx = rng.choice(n, size=min(int(0.8 * n), STABILITY_ROWS), replace=False)
-        Xr = X[idx]
-        sil_idx = np.arange(min(len(Xr), SILHOUETTE_ROWS))
         values: dict[str, dict[int, float]] = {c: {} for c in CRITERIA}
         for k in ks:
-            if k >= len(Xr):
-                break
-            km = make_kmeans(k, seed=seed + 7919 * (r + 1), n_init=STABILITY_N_INIT).fit(Xr)
-            if len(np.unique(km.labels_)) < 2:
-                continue
-            for name, v in label_scores(Xr, km.labels_, sil_idx).items():
+            scores, ari = fits[r, k]
+            for name, v in (scores or {}).items():
                 if v is not None:
                     values[name][k] = v
-            if k == chosen_k and ref_labels is not None:
-                aris.append(adjusted_rand_score(ref_labels, km.predict(X)))
+            if ari is not None:
+                aris.append(ari)
         values = {c: v for c, v in values.items() if v}
         found.append(combine(values, criterion_picks(values)) if values else 1)
     if chosen_k == 1:
@@ -278,6 +276,26 @@ def _stability(
     else:
         agreement = sum(k == chosen_k for k in found) / max(len(found), 1)
     return Stability(agreement, tuple(found), float(np.mean(aris)) if aris else float("nan"))
+
+
+def _resample_fit(
+    state: tuple[np.ndarray, int, int, int, np.ndarray | None], task: tuple[int, int]
+) -> tuple[dict[str, float | None] | None, float | None]:
+    """Criteria of the fit at k on resample r (None with fewer than two clusters used), and
+    its ARI against the full data's labels when k is the chosen k."""
+    from sklearn.metrics import adjusted_rand_score
+
+    X, chosen_k, seed, rows, ref_labels = state
+    r, k = task
+    Xr = X[_rng(seed, 4, r).choice(len(X), size=rows, replace=False)]
+    km = make_kmeans(k, seed=seed + 7919 * (r + 1), n_init=STABILITY_N_INIT).fit(Xr)
+    if len(np.unique(km.labels_)) < 2:
+        return None, None
+    scores = label_scores(Xr, km.labels_, np.arange(min(len(Xr), SILHOUETTE_ROWS)))
+    ari = None
+    if k == chosen_k and ref_labels is not None:
+        ari = float(adjusted_rand_score(ref_labels, km.predict(X)))
+    return scores, ari
 
 
 def choose_auto(sweep: SweepResult, X: np.ndarray, *, seed: int) -> Selection:

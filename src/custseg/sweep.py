@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing import context as mp_context
+from multiprocessing import forkserver, popen_forkserver, spawn
+from multiprocessing import util as mp_util
 from typing import Any
 
 import numpy as np
@@ -145,13 +152,183 @@ def k_range(*, k_min: int, k_max: int, n_distinct: int) -> list[int]:
 
 
 def default_workers() -> int:
-    """Worker threads for the sweep: the cores this process may use."""
-    import os
-
+    """Worker processes for the sweep: the cores this process may use."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+PARALLEL_MIN_TASKS = 4
+PARALLEL_MIN_ROWS = 1000
+"""Below 4 tasks or 1,000 rows a pool costs more to start (~0.15 s from a warm fork server,
+~1 s cold) than it saves: 8 ks with criteria on 1,000 rows take ~0.25 s in-process."""
+WORKER_MODULES = ("custseg.sweep", "custseg.criteria", "sklearn.cluster", "sklearn.metrics")
+"""What the fork server imports once, so that every worker forked from it starts warm."""
+_WORKER: dict[str, Any] = {}
+
+
+def start_workers() -> None:
+    """Start the fork server that worker processes are forked from, without waiting for it.
+
+    It imports `WORKER_MODULES` (about a second) in the background, so calling this early
+    (at run start) overlaps that with the caller's own work; later pools then start in
+    milliseconds. Forking from this fresh server rather than from the caller is safe even
+    when the caller has already run OpenMP code (libgomp does not survive a fork).
+    """
+    if _no_workers_reason() is None:
+        forkserver.set_forkserver_preload(list(WORKER_MODULES))
+        forkserver.ensure_running()
+
+
+def _no_workers_reason() -> str | None:
+    """Why this process cannot start worker processes, or None when it can."""
+    import multiprocessing
+
+    if multiprocessing.current_process().daemon:
+        return "daemonic processes are not allowed to have children"
+    return None
+
+
+class _WorkerPopen(popen_forkserver.Popen):
+    """CPython's (3.11-3.13) fork-server launch, minus the re-import of the parent's `__main__`
+    in the child: the tasks need custseg only, and `__main__` may be Airflow's CLI (seconds to
+    import) or a script without a main guard (which would run again in every worker)."""
+
+    def _launch(self, process_obj: Any) -> None:
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        prep_data.pop("init_main_from_name", None)
+        prep_data.pop("init_main_from_path", None)
+        buf = io.BytesIO()
+        mp_context.set_spawning_popen(self)
+        try:
+            mp_context.reduction.dump(prep_data, buf)
+            mp_context.reduction.dump(process_obj, buf)
+        finally:
+            mp_context.set_spawning_popen(None)
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+        parent_w = os.dup(w)
+        self.finalizer = mp_util.Finalize(self, mp_util.close_fds, (parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class _WorkerProcess(mp_context.ForkServerProcess):
+    """A fork-server process launched by `_WorkerPopen`."""
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> _WorkerPopen:
+        return _WorkerPopen(process_obj)
+
+
+class _WorkerContext(mp_context.ForkServerContext):
+    """The fork-server start method with `_WorkerProcess` processes."""
+
+    Process = _WorkerProcess  # type: ignore[assignment]
+
+
+def _worker_init(state: Any) -> None:
+    """Set up one worker process: BLAS/OpenMP limited to one thread, `state` kept for tasks.
+
+    Ctrl-C is left to the parent, which cancels the pool; a worker exits when the parent
+    dies (e.g. killed by a task timeout), which the pool itself would not notice.
+    """
+    import multiprocessing
+    import signal
+
+    from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
+    from threadpoolctl import threadpool_limits
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
+    _WORKER["limits"] = threadpool_limits(limits=1)
+    _WORKER["state"] = state
+
+
+def _worker_call(task: Callable[[Any, Any], Any], item: Any) -> Any:
+    return task(_WORKER["state"], item)
+
+
+def _process_pool(workers: int, state: Any) -> ProcessPoolExecutor:
+    """A pool of `workers` processes forked from the warm fork server, each given `state` once."""
+    start_workers()
+    return ProcessPoolExecutor(
+        workers, mp_context=_WorkerContext(), initializer=_worker_init, initargs=(state,)
+    )
+
+
+def run_tasks(
+    task: Callable[[Any, Any], Any],
+    state: Any,
+    items: list[Any],
+    *,
+    done: Callable[[Any, Any], None],
+    workers: int | None,
+    rows: int,
+    what: str,
+) -> None:
+    """Call `task(state, item)` for every item, calling `done(item, result)` here as each ends.
+
+    Runs on up to `workers` processes (default: the usable cores) when there is enough work,
+    else, or when processes cannot be started (e.g. inside a daemonic process), in this
+    process with a log line saying why. Either way BLAS/OpenMP run one thread per task, so
+    results are the same. `task` must be a module-level function and `state` picklable.
+    """
+    n = max(1, min(workers or default_workers(), len(items)))
+    left = dict(enumerate(items))
+    why = _no_workers_reason()
+    if n == 1:
+        why = "1 worker"
+    elif len(items) < PARALLEL_MIN_TASKS or rows < PARALLEL_MIN_ROWS:
+        why = f"small job: {len(items)} tasks, {rows} rows"
+    if why is None:
+        log.info("%s: %d tasks on %d worker processes", what, len(items), n)
+        failed = _run_in_pool(task, state, left, done=done, workers=n)
+        if failed is None:
+            return
+        log.warning("%s: %s; running the %d remaining tasks in-process", what, failed, len(left))
+    else:
+        log.info("%s: running in-process (%s)", what, why)
+    from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        for i in list(left):
+            done(left.pop(i), task(state, items[i]))
+
+
+def _run_in_pool(
+    task: Callable[[Any, Any], Any],
+    state: Any,
+    left: dict[int, Any],
+    *,
+    done: Callable[[Any, Any], None],
+    workers: int,
+) -> str | None:
+    """Run the tasks in `left` on worker processes, removing each when done; None when all
+    ran, else why the pool failed (the tasks still in `left` did not run)."""
+    try:
+        pool = _process_pool(workers, state)
+    except Exception as exc:
+        return f"cannot start worker processes: {exc!r}"
+    try:
+        try:
+            futures = {pool.submit(_worker_call, task, item): i for i, item in left.items()}
+        except Exception as exc:  # e.g. in a daemonic process, or `state` does not pickle
+            return f"cannot start worker processes: {exc!r}"
+        try:
+            for future in as_completed(futures):
+                i = futures[future]
+                result = future.result()  # a task's own error propagates as it is
+                done(left.pop(i), result)
+        except BrokenProcessPool as exc:  # a worker failed to start or died
+            return f"worker processes failed: {exc!r}"
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return None
 
 
 def sweep_k(
@@ -166,44 +343,45 @@ def sweep_k(
 ) -> SweepResult:
     """Fit K-Means for each k on scaled `X` and record its SSE (inertia) and `scorer`'s criteria.
 
-    The ks run on `workers` threads (default: the usable cores), each k single-threaded
-    (OpenMP/BLAS limited to 1 thread with threadpoolctl): sklearn's Lloyd loop releases the
-    GIL, so this uses every core without oversubscribing them. Each k has its own random
-    state, so the result is the same for any number of workers or batches.
+    The ks run on `workers` processes (default: the usable cores; see `run_tasks`), largest
+    k first, each single-threaded: sklearn's K-Means on a sample this size is bound by the
+    GIL, so threads would not help. Each k has its own random state, so the result is the
+    same for any number of workers or batches. `scorer` must pickle (it goes to each worker).
     """
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
-    from threadpoolctl import threadpool_limits
-
     ks = list(ks)
-    workers = max(1, min(workers or default_workers(), len(ks) or 1))
     start = time.perf_counter()
     sse: dict[int, float] = {}
     scores: dict[int, dict[str, float | None]] = {}
     last_log = start
 
-    def fit(k: int) -> tuple[float, dict[str, float | None]]:
-        model = make_kmeans(k, seed=seed, n_init=n_init).fit(X)
-        found = scorer(k, model.labels_, float(model.inertia_)) if scorer is not None else {}
-        return float(model.inertia_), found
+    def done(k: int, result: tuple[float, dict[str, float | None]]) -> None:
+        nonlocal last_log
+        sse[k], found = result
+        if found:
+            scores[k] = found
+        now = time.perf_counter()
+        if progress is not None:
+            progress(len(sse), len(ks), k, sse[k])
+        if now - last_log >= 5.0 or len(sse) == len(ks):
+            log.info(
+                "sweep: k=%d done (%d/%d), %.1fs elapsed, %.2f k/s, %d rows",
+                k, len(sse), len(ks), now - start, len(sse) / max(now - start, 1e-9), len(X),
+            )  # fmt: skip
+            last_log = now
 
-    with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as pool:
-        # largest k first: they take longest, so the threads finish together
-        futures = {pool.submit(fit, k): k for k in sorted(ks, reverse=True)}
-        for i, future in enumerate(as_completed(futures), start=1):
-            k = futures[future]
-            sse[k], found = future.result()
-            if found:
-                scores[k] = found
-            now = time.perf_counter()
-            if progress is not None:
-                progress(i, len(ks), k, sse[k])
-            if now - last_log >= 5.0 or i == len(ks):
-                log.info(
-                    "sweep: k=%d done (%d/%d), %.1fs elapsed, %.2f k/s, %d rows, %d threads",
-                    k, i, len(ks), now - start, i / max(now - start, 1e-9), len(X), workers,
-                )  # fmt: skip
-                last_log = now
+    # largest k first: they take longest, so the workers finish together
+    run_tasks(_fit_k, (X, seed, n_init, scorer), sorted(ks, reverse=True), done=done,
+              workers=workers, rows=len(X), what="sweep")  # fmt: skip
     seconds = time.perf_counter() - start
+    scores = {k: scores[k] for k in ks if k in scores}  # in k order, however the ks finished
     return SweepResult(tuple(ks), tuple(sse[k] for k in ks), int(X.shape[0]), seconds, scores)
+
+
+def _fit_k(
+    state: tuple[np.ndarray, int, int, Scorer | None], k: int
+) -> tuple[float, dict[str, float | None]]:
+    """One k of the sweep: the fit's SSE and criteria (in a worker or in this process)."""
+    X, seed, n_init, scorer = state
+    model = make_kmeans(k, seed=seed, n_init=n_init).fit(X)
+    found = scorer(k, model.labels_, float(model.inertia_)) if scorer is not None else {}
+    return float(model.inertia_), found
