@@ -24,7 +24,7 @@ import pandas as pd
 from custseg import __version__, artifacts, storage
 from custseg.config import PipelineConfig
 from custseg.errors import InputError
-from custseg.sweep import Progress
+from custseg.sweep import PARALLEL_MIN_ROWS, Progress, start_workers
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,13 @@ def _by_column(X: np.ndarray) -> np.ndarray:
     return np.asfortranarray(X, dtype=np.float64)
 
 
+def _warm_workers(run_dir: str) -> None:
+    """Start the sweep's worker fork server when the data is large enough to use it, so its
+    imports overlap reading and scaling the features."""
+    if artifacts.read_json(_work(run_dir, "preprocess.json"))["n_rows_used"] >= PARALLEL_MIN_ROWS:
+        start_workers()
+
+
 def _scaler(config: PipelineConfig, X: np.ndarray, features: list[str]) -> Any:
     """The final model's scaler, fit on all rows (named columns), or `passthrough`."""
     from custseg.preprocess import make_scaler
@@ -205,6 +212,7 @@ def sweep_stage(
 ) -> list[dict[str, Any]]:
     """SSE for each k of `ks` (default: the whole planned range) as `{"k", "sse"}` dicts."""
     config, _ = _config(run_dir)
+    _warm_workers(run_dir)
     X, _, info = _features(run_dir, with_ids=False)
     feats = list(info["features"])
     Xs, _ = _sweep_sample(config, X, feats, _scaler(config, X, feats))
@@ -234,6 +242,8 @@ def _sweep(
 def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
     """Choose k from the sweep, fit the final model at that k, write model and plots."""
     config, _ = _config(run_dir)
+    if config.select == "auto":  # the stability check's resamples run on workers
+        _warm_workers(run_dir)
     X, ids, info = _features(run_dir)
     feats = list(info["features"])
     scaler = _scaler(config, X, feats)
@@ -511,6 +521,8 @@ def run_pipeline(
     run = start_run(config, input_path=input_path, out=out, test_path=test_path, run_id=run_id)
     run_dir = run["run_dir"]
     table = _load_input(run_dir)
+    if table.n_rows_read >= PARALLEL_MIN_ROWS:
+        start_workers()  # the workers' imports overlap preprocessing; the sweep's pool starts warm
     data, info = _prepare(run_dir, table)
     del table
     feats = list(info["features"])
