@@ -181,3 +181,22 @@ def test_a_scaler_fit_beforehand_gives_the_same_model(fitted):
     np.testing.assert_array_equal(again[-1].cluster_centers_, model[-1].cluster_centers_)
     assert again[-1].inertia_ == model[-1].inertia_
     assert list(again.feature_names_in_) == ["income", "score"]
+
+
+def test_final_fit_on_distinct_rows_equals_the_fit_on_every_row():
+    """Integer features: the weighted fit over distinct rows gives the all-rows K-Means."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(2)
+    X = np.vstack([rng.normal(c, 6, (20_000, 2)).round() for c in (20, 50, 80)])
+    init = np.array([[0.1, 0.1], [0.5, 0.6], [0.9, 0.8]])
+    model = fit_segments(X, ("income", "score"), k=3, scaler="minmax", seed=1, n_init=3,
+                         init=init)  # fmt: skip
+    import pandas as pd
+
+    scaled = model[0].transform(pd.DataFrame(X, columns=["income", "score"]))
+    full = KMeans(3, init=init, n_init=1).fit(scaled)
+    np.testing.assert_allclose(model[-1].cluster_centers_, full.cluster_centers_, atol=1e-9)
+    assert model[-1].inertia_ == pytest.approx(full.inertia_, rel=1e-9)
+    np.testing.assert_array_equal(model[-1].labels_, full.labels_)
+    assert len(model[-1].labels_) == len(X)

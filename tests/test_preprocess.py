@@ -145,3 +145,26 @@ def test_unique_ids_keep_every_row_and_ids_stay_arrow(tmp_path):
     assert isinstance(data.ids.dtype, pd.ArrowDtype)  # no per-row Python string objects
     assert data.ids.iloc[-1] == "00300"
     assert data.n_distinct == len(np.unique(data.X, axis=0))
+
+
+def test_distinct_rows_rebuild_the_table_with_counts():
+    from custseg.preprocess import distinct_rows
+
+    rng = np.random.default_rng(4)
+    X = np.asfortranarray(rng.integers(0, 30, size=(50_000, 2)).astype(float))
+    X[::7, 1] = -0.0 * X[::7, 1]  # -0.0 is the same point as 0.0
+    d = distinct_rows(X)
+    assert d is not None and len(d.rows) == len(np.unique(X + 0.0, axis=0)) == 900
+    np.testing.assert_array_equal(d.rows[d.index], X)
+    assert d.counts.sum() == len(X)
+    assert d.counts.tolist() == np.bincount(d.index).tolist()
+
+
+def test_distinct_rows_declines_continuous_data():
+    from custseg.preprocess import distinct_rows
+
+    X = np.random.default_rng(5).random((20_000, 2))
+    assert distinct_rows(X) is None  # every row distinct: nothing to gain
+    Y = np.random.default_rng(6).integers(0, 5, size=(20_000, 3)).astype(float)
+    d = distinct_rows(Y)
+    assert d is not None and len(d.rows) == 125 and (d.rows[d.index] == Y).all()

@@ -14,7 +14,7 @@ import pandas as pd
 
 from custseg import storage
 from custseg.errors import InputError, UntrustedModelError
-from custseg.preprocess import make_scaler
+from custseg.preprocess import distinct_rows, make_scaler
 from custseg.sweep import make_kmeans
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,9 @@ def fit_segments(
     on these rows, used as is (the CLI fits it once for the sweep sample and the model).
     With `init` (scaled centers, e.g. the best fit on the sweep sample) K-Means starts
     from those centers once instead of `n_init` k-means++ starts: on millions of rows
-    that is a few Lloyd passes. The scaler sees a DataFrame, so the pipeline remembers
-    the feature names it needs.
+    that is a few Lloyd passes, over the distinct rows only when they are few (see
+    `distinct_rows`). The scaler sees a DataFrame, so the pipeline remembers the feature
+    names it needs.
     """
     from sklearn.cluster import KMeans
     from sklearn.pipeline import Pipeline
@@ -65,17 +66,21 @@ def fit_segments(
             n_clusters=k, init=np.asarray(init, dtype=np.float64), n_init=1,
             random_state=kmeans.random_state,
         )  # fmt: skip
-    frame = pd.DataFrame(X, columns=list(features), copy=False)
-    fresh = isinstance(scaler, str) and scaler != "passthrough"
-    step = make_scaler(scaler) if fresh else scaler
-    if step == "passthrough":
-        scaled = frame  # K-Means then keeps the feature names itself
-    elif fresh:
-        scaled = step.fit_transform(frame)
-    else:
-        scaled = step.transform(frame)
-    # what Pipeline.fit does, with the option of a scaler that is already fit
-    kmeans.fit(scaled)
+    columns = list(features)
+    step = make_scaler(scaler) if isinstance(scaler, str) and scaler != "passthrough" else scaler
+    if step is not scaler and step != "passthrough":  # made here: fit it on all rows
+        step.fit(pd.DataFrame(X, columns=columns, copy=False))
+    # from a given init, Lloyd on the distinct rows weighted by their counts is Lloyd on all
+    # rows: integer-valued features make millions of rows a few thousand distinct points
+    distinct = distinct_rows(X) if init is not None else None
+    rows = pd.DataFrame(X if distinct is None else distinct.rows, columns=columns, copy=False)
+    # a passthrough step hands K-Means the DataFrame, so it keeps the feature names itself
+    scaled = rows if step == "passthrough" else step.transform(rows)
+    kmeans.fit(scaled, sample_weight=None if distinct is None else distinct.counts)
+    if distinct is not None:
+        kmeans.labels_ = kmeans.labels_[distinct.index]
+        log.info("final fit on %d distinct rows weighted by their counts (%d rows)",
+                 len(distinct.rows), len(X))  # fmt: skip
     pipeline = Pipeline([("scaler", step), ("kmeans", kmeans)])
     log.info("final model: k=%d, SSE=%.6g, %d iterations", k, kmeans.inertia_, kmeans.n_iter_)
     return pipeline
