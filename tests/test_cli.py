@@ -106,6 +106,20 @@ def test_help_explains_commands():
     assert res.returncode == 0 and "--k-max" in res.stdout and "latest.json" in res.stdout
 
 
+def test_output_into_a_closed_pipe_is_not_an_error(mall_run):
+    """`custseg show | head -1`: the reader leaves before the output is written."""
+    import os
+
+    out, _ = mall_run
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: every write gets EPIPE
+    with os.fdopen(write_end, "wb") as closed_pipe:
+        res = subprocess.run([sys.executable, "-m", "custseg.cli", "show", "--out", str(out)],
+                             stdout=closed_pipe, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "internal error" not in res.stderr and "BrokenPipe" not in res.stderr
+
+
 def test_show_prints_the_latest_runs_summary(mall_run, tmp_path):
     out, _ = mall_run
     latest = json.loads((out / "latest.json").read_text())

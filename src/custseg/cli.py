@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -345,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("custseg: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output left (`custseg show | head -1`): the work is done, and the
+        # rest of the output goes nowhere instead of failing again when Python flushes at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         where = _record_internal_error(log_file)
         print(f"custseg: internal error: {type(exc).__name__}: {exc}; details in {where}",
