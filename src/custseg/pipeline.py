@@ -14,6 +14,7 @@ import datetime as dt
 import io
 import logging
 import platform
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -502,6 +503,26 @@ def finish_stage(run_dir: str) -> dict[str, Any]:
     }
 
 
+LATER_STACK: tuple[str, ...] = ("kneed", "skops.io", "matplotlib.pyplot")
+"""Imported while the sweep's workers run: the choice of k, saving and plotting need them."""
+
+
+def _import_later_stack() -> None:
+    """Import `LATER_STACK` on a thread while this process waits for the sweep (about half a
+    second off the critical path). It is started once the main thread has imported what it
+    needs itself, so the main thread never holds a module lock that this thread waits for."""
+    import importlib
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    for name in LATER_STACK:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # pragma: no cover - reported where the module is used
+            return
+
+
 def run_pipeline(
     config: PipelineConfig,
     *,
@@ -527,6 +548,7 @@ def run_pipeline(
     del table
     feats = list(info["features"])
     scaler = _scaler(config, data.X, feats)
+    threading.Thread(target=_import_later_stack, name="custseg-imports", daemon=True).start()
     sample, _ = _sweep_sample(config, data.X, feats, scaler)
     points = _sweep(run_dir, sample, len(data.X), None, progress=progress)
     _fit(run_dir, points, X=data.X, ids=data.ids, info=info, scaler=scaler, sample=sample)
