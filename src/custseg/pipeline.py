@@ -224,6 +224,7 @@ def _sweep(
     run_dir: str, Xs: np.ndarray, n_rows: int, ks: list[int] | None, *,
     progress: Progress | None,
 ) -> list[dict[str, Any]]:  # fmt: skip
+    """`sweep_stage`'s work on the scaled sample `Xs` (of a table of `n_rows` rows)."""
     from custseg.sweep import sweep_k
 
     config, _ = _config(run_dir)
@@ -262,6 +263,8 @@ def _fit(
     scaler: Any,
     sample: np.ndarray,
 ) -> dict[str, Any]:
+    """`fit_stage`'s work on the cleaned rows `X` (ids, `preprocess.json` summary, fitted
+    scaler and the scaled sweep sample given): choose k, fit, write the run's artifacts."""
     from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
     from threadpoolctl import threadpool_limits
 
