@@ -1,5 +1,7 @@
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -256,3 +258,15 @@ def test_workers_do_not_rerun_a_script_without_a_main_guard(tmp_path):
     assert "sweep: 8 tasks on 2 worker processes" in out and "in-process" not in out
     X = np.random.default_rng(2).random((1200, 3))
     assert str(sweep_k(X, range(1, 9), seed=7, n_init=2, workers=1).sse) in out
+
+
+def test_start_workers_does_nothing_for_small_data():
+    """`start_workers(rows=...)` starts the fork server only for data the pool would take."""
+    code = (
+        "from multiprocessing import forkserver; from custseg.sweep import start_workers, "
+        "PARALLEL_MIN_ROWS as m; start_workers(rows=m - 1); "
+        "print(forkserver._forkserver._forkserver_pid is None); start_workers(rows=m); "
+        "print(forkserver._forkserver._forkserver_pid is None)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]

@@ -67,9 +67,11 @@ def fit_segments(
             random_state=kmeans.random_state,
         )  # fmt: skip
     columns = list(features)
-    step = make_scaler(scaler) if isinstance(scaler, str) and scaler != "passthrough" else scaler
-    if step is not scaler and step != "passthrough":  # made here: fit it on all rows
-        step.fit(pd.DataFrame(X, columns=columns, copy=False))
+    step = scaler
+    if isinstance(scaler, str) and scaler != "passthrough":  # a name: make it, fit on all rows
+        step = make_scaler(scaler)
+        if step != "passthrough":
+            step.fit(pd.DataFrame(X, columns=columns, copy=False))
     # from a given init, Lloyd on the distinct rows weighted by their counts is Lloyd on all
     # rows: integer-valued features make millions of rows a few thousand distinct points
     distinct = distinct_rows(X) if init is not None else None

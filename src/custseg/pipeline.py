@@ -17,7 +17,7 @@ import platform
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,11 @@ import pandas as pd
 from custseg import __version__, artifacts, storage
 from custseg.config import PipelineConfig
 from custseg.errors import InputError
-from custseg.sweep import PARALLEL_MIN_ROWS, Progress, start_workers
+from custseg.sweep import Progress, start_workers
+
+if TYPE_CHECKING:
+    from custseg.io import CustomerTable
+    from custseg.preprocess import PreparedData
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +87,7 @@ def load_stage(run_dir: str) -> dict[str, Any]:
     }
 
 
-def _load_input(run_dir: str) -> Any:
+def _load_input(run_dir: str) -> CustomerTable:
     """The run's input table, loaded and validated (the test file too, if the run has one)."""
     from custseg.io import load_customers
 
@@ -105,7 +109,7 @@ def preprocess_stage(run_dir: str) -> dict[str, Any]:
     return info
 
 
-def _prepare(run_dir: str, table: Any) -> tuple[Any, dict[str, Any]]:
+def _prepare(run_dir: str, table: CustomerTable) -> tuple[PreparedData, dict[str, Any]]:
     """The cleaned rows of a loaded table, and their summary (written to `work/preprocess.json`)."""
     from custseg.preprocess import prepare_features
 
@@ -129,30 +133,30 @@ def _prepare(run_dir: str, table: Any) -> tuple[Any, dict[str, Any]]:
     return data, info
 
 
-def _features(run_dir: str, *, with_ids: bool = True) -> tuple[np.ndarray, Any, dict[str, Any]]:
-    """The cleaned features (float64 rows) and, if asked, the ids (an Arrow array or None)."""
+def _preprocess_info(run_dir: str) -> dict[str, Any]:
+    """The summary `_prepare` wrote: features, id column, row counts, ranges, data hash."""
+    return artifacts.read_json(_work(run_dir, "preprocess.json"))
+
+
+def _features(
+    run_dir: str, info: dict[str, Any], *, with_ids: bool = True
+) -> tuple[np.ndarray, Any]:
+    """The cleaned features (float64, column-major) and, if asked, the ids (Arrow or None)."""
     from custseg.io import read_parquet
 
-    info = artifacts.read_json(_work(run_dir, "preprocess.json"))
     feats = list(info["features"])
     idc = info["id_column"] if with_ids else None
     arrow = read_parquet(_work(run_dir, "features.parquet"), columns=feats + ([idc] if idc else []))
-    X = _by_column(np.column_stack([arrow.column(f).to_numpy() for f in feats]))
+    # (features, rows) stacked and transposed: column-major in one copy
+    X = _by_column(np.asarray([arrow.column(f).to_numpy() for f in feats], dtype=np.float64).T)
     ids = arrow.column(idc) if idc else None
-    return X, ids, info
+    return X, ids
 
 
 def _by_column(X: np.ndarray) -> np.ndarray:
     """`X` as float64 in column-major order: per-feature reductions over millions of rows
     (min, max, quantiles, the scaler's fit) are then 10-50x faster than on row-major data."""
     return np.asfortranarray(X, dtype=np.float64)
-
-
-def _warm_workers(run_dir: str) -> None:
-    """Start the sweep's worker fork server when the data is large enough to use it, so its
-    imports overlap reading and scaling the features."""
-    if artifacts.read_json(_work(run_dir, "preprocess.json"))["n_rows_used"] >= PARALLEL_MIN_ROWS:
-        start_workers()
 
 
 def _scaler(config: PipelineConfig, X: np.ndarray, features: list[str]) -> Any:
@@ -195,7 +199,7 @@ def _planned_ks(run_dir: str) -> list[int]:
     if storage.exists(path):
         return [int(k) for k in artifacts.read_json(path)["ks"]]
     config, _ = _config(run_dir)
-    info = artifacts.read_json(_work(run_dir, "preprocess.json"))
+    info = _preprocess_info(run_dir)
     ks = k_range(k_min=config.k_min, k_max=config.k_max, n_distinct=info["n_distinct"])
     artifacts.write_json(path, {"ks": ks})
     return ks
@@ -213,8 +217,9 @@ def sweep_stage(
 ) -> list[dict[str, Any]]:
     """SSE for each k of `ks` (default: the whole planned range) as `{"k", "sse"}` dicts."""
     config, _ = _config(run_dir)
-    _warm_workers(run_dir)
-    X, _, info = _features(run_dir, with_ids=False)
+    info = _preprocess_info(run_dir)
+    start_workers(rows=info["n_rows_used"])  # its imports overlap reading the features
+    X, _ = _features(run_dir, info, with_ids=False)
     feats = list(info["features"])
     Xs, _ = _sweep_sample(config, X, feats, _scaler(config, X, feats))
     return _sweep(run_dir, Xs, len(X), ks, progress=progress)
@@ -244,9 +249,10 @@ def _sweep(
 def fit_stage(run_dir: str, points: list[dict[str, Any]]) -> dict[str, Any]:
     """Choose k from the sweep, fit the final model at that k, write model and plots."""
     config, _ = _config(run_dir)
+    info = _preprocess_info(run_dir)
     if config.select == "auto":  # the stability check's resamples run on workers
-        _warm_workers(run_dir)
-    X, ids, info = _features(run_dir)
+        start_workers(rows=info["n_rows_used"])
+    X, ids = _features(run_dir, info)
     feats = list(info["features"])
     scaler = _scaler(config, X, feats)
     Xs, _ = _sweep_sample(config, X, feats, scaler)
@@ -292,7 +298,7 @@ def _fit(
             )
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="custseg-output") as side:
         # the sweep's plots need no final model: drawn while K-Means runs (it releases the GIL)
-        sweep_plots = side.submit(_sweep_plots, sweep, selection)
+        sweep_plots = side.submit(_sweep_artifacts, sweep, selection)
         with heartbeat(f"final fit: k={k} on {len(X)} rows"):
             model = fit_segments(X, features, k=k, scaler=scaler, seed=config.seed,
                                  n_init=config.n_init, init=init)  # fmt: skip
@@ -332,7 +338,7 @@ def _fit(
     return {"run_dir": run_dir, "chosen_k": k, "reason": selection.reason}
 
 
-def _sweep_plots(sweep: Any, selection: Any) -> dict[str, bytes]:
+def _sweep_artifacts(sweep: Any, selection: Any) -> dict[str, bytes]:
     """`sse.csv`, `elbow.png` and (select=auto) `selection.png` contents, from the sweep alone."""
     from custseg.report import elbow_png, selection_png
 
@@ -407,7 +413,7 @@ def score_customers(
 
     if model is None:
         model = load_model(storage.join(run_dir, artifacts.MODEL_FILE))
-    info = artifacts.read_json(_work(run_dir, "preprocess.json"))
+    info = _preprocess_info(run_dir)
     table = load_customers(input_path, features=model_info(model).features,
                            needed_by=needed_by or f"the model in {run_dir}")  # fmt: skip
     with heartbeat(f"predict: {table.n_rows_read} customers"):
@@ -427,7 +433,7 @@ def finish_stage(run_dir: str) -> dict[str, Any]:
     from custseg.report import report_html
 
     config, state = _config(run_dir)
-    info = artifacts.read_json(_work(run_dir, "preprocess.json"))
+    info = _preprocess_info(run_dir)
     train = artifacts.read_json(_work(run_dir, "train.json"))
     model = load_model(storage.join(run_dir, artifacts.MODEL_FILE))
     if model_info(model).k != train["chosen_k"]:
@@ -545,8 +551,7 @@ def run_pipeline(
     run = start_run(config, input_path=input_path, out=out, test_path=test_path, run_id=run_id)
     run_dir = run["run_dir"]
     table = _load_input(run_dir)
-    if table.n_rows_read >= PARALLEL_MIN_ROWS:
-        start_workers()  # the workers' imports overlap preprocessing; the sweep's pool starts warm
+    start_workers(rows=table.n_rows_read)  # its imports overlap preprocessing: the pool starts warm
     data, info = _prepare(run_dir, table)
     del table
     feats = list(info["features"])

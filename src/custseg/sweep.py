@@ -168,14 +168,17 @@ WORKER_MODULES = ("custseg.sweep", "custseg.criteria", "sklearn.cluster", "sklea
 _WORKER: dict[str, Any] = {}
 
 
-def start_workers() -> None:
+def start_workers(*, rows: int | None = None) -> None:
     """Start the fork server that worker processes are forked from, without waiting for it.
 
     It imports `WORKER_MODULES` (about a second) in the background, so calling this early
     (at run start) overlaps that with the caller's own work; later pools then start in
     milliseconds. Forking from this fresh server rather than from the caller is safe even
-    when the caller has already run OpenMP code (libgomp does not survive a fork).
+    when the caller has already run OpenMP code (libgomp does not survive a fork). With
+    `rows`, nothing is started for data too small for `run_tasks` to use workers on.
     """
+    if rows is not None and rows < PARALLEL_MIN_ROWS:
+        return
     if _no_workers_reason() is None:
         forkserver.set_forkserver_preload(list(WORKER_MODULES))
         forkserver.ensure_running()
