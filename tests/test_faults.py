@@ -118,8 +118,8 @@ def test_sigkill_during_sweep_keeps_previous_run(capsys, out, data, test_csv):
     assert done is not None, f"never saw the sweep progress: {seen[-500:]!r}"
     assert proc.returncode == -signal.SIGKILL
     killed = out / "runs" / "killed"
-    # killed mid-sweep: preprocessing finished, nothing of the fit stage exists
-    assert (killed / "work" / "preprocess.json").exists()
+    # killed mid-sweep: the run was created (after preprocessing), nothing of the fit exists
+    assert (killed / "work" / "run.json").exists()
     assert not (killed / "sse.csv").exists() and not (killed / "model.skops").exists()
     assert_previous_run_kept(capsys, out, killed, before, data, test_csv)
 

@@ -86,16 +86,29 @@ def test_uris_need_a_uri_root(monkeypatch, tmp_path):
             confine_path(bad, roots=roots, home=tmp_path, what="input_path")
 
 
+@pytest.mark.parametrize("root", ["s3://my-bucket/custseg", "s3://my-bucket/custseg/"])
+@pytest.mark.parametrize("given", ["s3://my-bucket/custseg", "s3://my-bucket/custseg/"])
+def test_an_s3_root_matches_itself(monkeypatch, tmp_path, root, given):
+    """The documented S3 deployment sets the artifacts root to the allowed root itself; it
+    was refused as 'outside the allowed roots [..., s3://my-bucket/custseg/]'."""
+    monkeypatch.setenv("CUSTSEG_ALLOWED_ROOTS", root)
+    roots = allowed_roots(tmp_path)
+    assert confine_path(given, roots=roots, home=tmp_path, what="artifacts_root") == (
+        "s3://my-bucket/custseg"
+    )
+
+
 def test_params_become_a_validated_request(roots_env):
     home, art = roots_env
     req = request_from_params(
         {"input_path": "data/in.csv", "test_path": None, "features": ["a", "b"], "k_min": 2,
-         "k_max": 7, "scaler": "standard", "selection": "elbow", "seed": 3,
-         "artifacts_root": str(art), "sweep_batches": 4},
+         "k_max": 7, "scaler": "standard", "select": "elbow", "seed": 3, "n_init": 4,
+         "sample_size": 500, "artifacts_root": str(art), "sweep_batches": 4},
         home=home,
     )  # fmt: skip
     assert req.config.features == ("a", "b") and (req.config.k_min, req.config.k_max) == (2, 7)
     assert req.config.scaler == "standard" and req.config.seed == 3
+    assert (req.config.select, req.config.n_init, req.config.sample_size) == ("elbow", 4, 500)
     assert req.test_path is None and req.sweep_batches == 4
     assert req.input_path == str((home / "data" / "in.csv").resolve())
     assert req.artifacts_root == str(art.resolve())
@@ -103,14 +116,31 @@ def test_params_become_a_validated_request(roots_env):
 
 def test_k_min_above_k_max_is_a_clear_input_error(roots_env):
     home, _ = roots_env
-    with pytest.raises(InputError, match=r"k_min=9 > k_max=3: swap them"):
+    with pytest.raises(InputError, match=r"k_min=9 > k_max=3: lower k_min or raise k_max"):
         request_from_params({"k_min": 9, "k_max": 3}, home=home)
+
+
+@pytest.mark.parametrize(
+    ("conf", "words"),
+    [({"kmax": 5}, "unknown option 'kmax': did you mean k_max?"),
+     ({"selection": "elbow"}, "unknown option 'selection': did you mean select?"),
+     ({"k-min": 2}, "unknown option 'k-min': did you mean k_min?"),
+     ({"zzz": 1}, "unknown option 'zzz': valid keys: input_path, test_path")],
+)  # fmt: skip
+def test_an_unknown_trigger_key_fails_naming_the_closest_option(roots_env, conf, words):
+    """A misspelt conf key used to be ignored silently (`kmax` swept 1..50)."""
+    home, _ = roots_env
+    with pytest.raises(InputError) as err:
+        request_from_params({**conf}, home=home, conf=conf)
+    assert str(err.value).startswith(words)
 
 
 @pytest.mark.parametrize(
     ("params", "words"),
     [({"sweep_batches": 0}, "sweep_batches=0"), ({"seed": "x"}, "seed='x'"),
-     ({"scaler": "log"}, "unknown scaler 'log'"), ({"artifacts_root": "/"}, "artifacts_root")],
+     ({"scaler": "log"}, "scaler='log' is not one of"),
+     ({"k_max": 201}, "k_max=201 must be <= 200"),
+     ({"artifacts_root": "/"}, "artifacts_root")],
 )  # fmt: skip
 def test_other_bad_params(roots_env, params, words):
     home, _ = roots_env
@@ -144,6 +174,27 @@ def test_load_task_names_the_run_dir_after_the_run_id_and_the_try(monkeypatch, t
                       try_number=2)  # fmt: skip
     assert again["run_dir"] == first["run_dir"] + "-try2"
     assert (tmp_path / "runs" / "manual__2026-11-28T21_00_00_00_00-try2" / "work").is_dir()
+
+
+def test_bad_input_creates_no_run_directory(monkeypatch, tmp_path):
+    """Validation (options, then the input file) passes before the run directory exists:
+    four mistakes used to leave four empty run directories."""
+    from custseg.orchestration import load_task
+
+    monkeypatch.setenv("CUSTSEG_ALLOWED_ROOTS", f"{ROOT}{os.pathsep}{tmp_path}")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("CustomerID,Age\n1,20\n")
+    for params in (
+        {"input_path": str(bad)},
+        {"k_min": 9, "k_max": 3},
+        {"input_path": str(tmp_path / "missing.csv")},
+        {"scaler": "log"},
+    ):
+        with pytest.raises(Exception, match="Spending|k_min=9|not found|scaler"):
+            load_task({**params, "artifacts_root": str(tmp_path / "art")}, run_id="r", home=ROOT)
+    assert not (tmp_path / "art" / "runs").exists() or not any(
+        (tmp_path / "art" / "runs").iterdir()
+    )
 
 
 @pytest.mark.parametrize(

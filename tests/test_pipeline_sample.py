@@ -4,20 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from custseg import artifacts, storage
-from custseg.config import PipelineConfig
+from custseg import storage
 from custseg.generate import generate_customers, write_table
-from custseg.pipeline import (
-    finish_stage,
-    fit_stage,
-    load_stage,
-    plan_sweep,
-    preprocess_stage,
-    start_run,
-    sweep_stage,
-)
+from custseg.options import PipelineConfig, RunRequest
+from custseg.orchestration import run_staged, run_step
+from custseg.rundir import run_at
 from custseg.select import choose_elbow
 from custseg.sweep import make_kmeans, sweep_k
+from tests.helpers import comparable
 
 ROWS = 60_000
 CONFIG = PipelineConfig(k_min=1, k_max=12, n_init=3, seed=11)
@@ -29,14 +23,10 @@ def sampled_run(tmp_path_factory):
     frame = generate_customers(ROWS, segments=5, seed=3)
     src = str(root / "customers.csv")
     write_table(frame, src)
-    run = start_run(CONFIG, input_path=src, out=str(root / "out"), run_id="sampled")
-    load_stage(run["run_dir"])
-    preprocess_stage(run["run_dir"])
-    points = sweep_stage(run["run_dir"])
-    fit_stage(run["run_dir"], points)
-    finish_stage(run["run_dir"])
-    metrics = artifacts.read_json(storage.join(run["run_dir"], "metrics.json"))
-    return run["run_dir"], frame, points, metrics
+    request = RunRequest(input_path=src, artifacts_root=str(root / "out"), config=CONFIG)
+    summary = run_staged(request, run_id="sampled")
+    run = run_at(summary["run_dir"])
+    return run.uri, frame, run.load_sweep().points(), run.metrics()
 
 
 def test_sample_sweep_matches_the_full_computation(sampled_run):
@@ -59,17 +49,18 @@ def test_sample_sweep_matches_the_full_computation(sampled_run):
 
 def test_mapped_batches_give_the_single_task_sweep(sampled_run):
     run_dir, _, points, _ = sampled_run
-    batches = plan_sweep(run_dir, batches=3)
-    merged = sorted((p for ks in reversed(batches) for p in sweep_stage(run_dir, ks)),
-                    key=lambda p: p["k"])  # fmt: skip
+    batches = run_at(run_dir).load_plan().batches(3)
+    assert batches == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+    merged = sorted((p for ks in reversed(batches) for p in run_step("sweep", run_dir, ks=ks)
+                     .points()), key=lambda p: p["k"])  # fmt: skip
     assert [(p["k"], p["sse"]) for p in merged] == [(p["k"], p["sse"]) for p in points]
 
 
 def test_sweep_is_deterministic_on_the_sample(sampled_run):
     run_dir, _, points, _ = sampled_run
-    again = sweep_stage(run_dir, [2, 5, 9])
+    again = run_step("sweep", run_dir, ks=[2, 5, 9])
     by_k = {p["k"]: p["sse"] for p in points}
-    assert [p["sse"] for p in again] == [by_k[2], by_k[5], by_k[9]]
+    assert list(again.sse) == [by_k[2], by_k[5], by_k[9]]
 
 
 def test_large_run_artifacts_are_light_and_consistent(sampled_run):
@@ -92,10 +83,10 @@ def test_one_process_run_equals_the_staged_run(sampled_run, tmp_path):
     from custseg.pipeline import run_pipeline
 
     run_dir, _, _, staged = sampled_run
-    state = artifacts.read_json(storage.join(run_dir, "work", "run.json"))
-    summary = run_pipeline(CONFIG, input_path=state["input"], out=str(tmp_path), run_id="mem")
-    metrics = artifacts.read_json(storage.join(summary["run_dir"], "metrics.json"))
-    assert artifacts.comparable_metrics(metrics) == artifacts.comparable_metrics(staged)
+    summary = run_pipeline(CONFIG, input_path=staged["input"], out=str(tmp_path), run_id="mem")
+    metrics = run_at(summary["run_dir"]).metrics()
+    assert comparable(metrics) == comparable(staged)
+    assert metrics["segment_alignment"] is None is staged["segment_alignment"]
     assert metrics["data_sha256"] == staged["data_sha256"]
     assert not (tmp_path / "runs" / "mem" / "work" / "features.parquet").exists()
     pd.testing.assert_frame_equal(
@@ -109,7 +100,7 @@ def test_the_model_file_does_not_grow_with_the_rows(sampled_run):
     from custseg.model import load_model
 
     run_dir, _, _, metrics = sampled_run
-    path = storage.join(run_dir, artifacts.MODEL_FILE)
+    path = run_at(run_dir).path("model.skops")
     assert len(storage.read_bytes(path)) < 100_000  # 60,000 int32 labels alone: 240 KB
     model = load_model(path)
     assert not hasattr(model[-1], "labels_")

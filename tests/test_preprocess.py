@@ -121,7 +121,7 @@ def test_clean_table_keeps_every_row_in_an_own_array(tmp_path):
     assert data.dropped == {} and data.n_distinct == 5
     assert data.X.tolist() == [[3, 3], [1, 1], [2, 2], [5, 5], [4, 4]]
     assert data.ids.tolist() == ["00003", "00001", "00002", "00005", "00004"]
-    assert data.X.flags.c_contiguous and data.X.flags.writeable
+    assert data.X.flags.f_contiguous and data.X.flags.writeable  # column-major: fast reductions
     assert not np.shares_memory(data.X, table.frame["income"].to_numpy())
 
 

@@ -29,7 +29,7 @@ def test_auto_is_the_default_and_elbow_stays_the_missions_kneelocator():
     import numpy as np
     from kneed import KneeLocator
 
-    from custseg.config import PipelineConfig
+    from custseg.options import PipelineConfig
     from custseg.select import choose_k
     from custseg.sweep import sweep_k
 
@@ -46,7 +46,7 @@ def test_auto_is_the_default_and_elbow_stays_the_missions_kneelocator():
 def test_auto_run_records_the_decision_and_keeps_segment_ids(tmp_path, mall_csv):
     import json
 
-    from custseg.config import PipelineConfig
+    from custseg.options import PipelineConfig
     from custseg.pipeline import run_pipeline
 
     runs = []

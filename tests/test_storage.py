@@ -16,9 +16,12 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from custseg import artifacts, storage
-from custseg.config import PipelineConfig
+from custseg import storage
+from custseg.errors import InputError
+from custseg.options import PipelineConfig, RunRequest
 from custseg.pipeline import run_pipeline
+from custseg.rundir import ArtifactStore, json_bytes, resolve_run
+from tests.helpers import comparable
 from tests.s3_server import moto_s3, use_endpoint
 
 CONFIG = PipelineConfig(k_min=1, k_max=5, n_init=3)
@@ -47,12 +50,12 @@ def _check_remote_run(summary: dict, root: str, local_metrics: dict) -> dict:
     assert run_dir.startswith(root.rstrip("/") + "/runs/")
     for name in RUN_FILES:
         assert storage.exists(storage.join(run_dir, name)), name
-    latest = artifacts.read_latest(root)
-    assert latest == {"run_id": summary["run_id"], "run_dir": run_dir}
-    assert artifacts.resolve_run_dir(root) == run_dir
-    metrics = artifacts.read_json(storage.join(run_dir, "metrics.json"))
+    latest = ArtifactStore(root).latest()
+    assert (latest.run_id, latest.uri) == (summary["run_id"], run_dir)
+    assert resolve_run(root).uri == run_dir
+    metrics = latest.metrics()
     assert metrics["input"].startswith(root.split("://")[0] + "://")
-    assert artifacts.comparable_metrics(metrics) == artifacts.comparable_metrics(local_metrics)
+    assert comparable(metrics) == comparable(local_metrics)
     return metrics
 
 
@@ -65,7 +68,7 @@ def test_memory_uri_pipeline_matches_local(local_run, sample_csv, sample_test_cs
     _check_remote_run(summary, out, local_run)
     # a second run replaces latest.json with one put; the first run stays intact
     second = run_pipeline(CONFIG, input_path=data, out=out, run_id="mem-2")
-    assert artifacts.read_latest(out)["run_id"] == second["run_id"] == "mem-2"
+    assert ArtifactStore(out).latest().run_id == second["run_id"] == "mem-2"
     assert storage.exists(f"{out}/runs/mem-1/model.skops")
     fs = fsspec.filesystem("memory")
     leftovers = [p for p in fs.find(out.split("://", 1)[1]) if "latest" in p]
@@ -94,7 +97,7 @@ def test_s3_pipeline_on_real_endpoint(s3_endpoint, local_run, sample_csv, sample
     out = f"{root}/artifacts"
     summary = run_pipeline(CONFIG, input_path=data, test_path=test, out=out, run_id="s3-1")
     metrics = _check_remote_run(summary, out, local_run)
-    assert fs.cat(f"{bucket}/artifacts/latest.json") == artifacts.json_bytes(
+    assert fs.cat(f"{bucket}/artifacts/latest.json") == json_bytes(
         {"run_id": "s3-1", "run_dir": f"{out}/runs/s3-1"}
     )
     env = {**os.environ, "FSSPEC_S3_ENDPOINT_URL": s3_endpoint}
@@ -112,3 +115,22 @@ def test_s3_pipeline_on_real_endpoint(s3_endpoint, local_run, sample_csv, sample
     assert [line.rsplit(",", 2)[0] for line in scored] == [
         line.rsplit(",", 2)[0] for line in local_pred
     ]
+
+
+@pytest.mark.parametrize("scheme", ["path", "file", "s3"])
+def test_a_reused_run_id_is_refused_on_every_scheme(scheme, s3_endpoint, monkeypatch, tmp_path):
+    """The same message on a local path, a file:// URI and s3:// (the old check looked for a
+    file the pipeline never wrote, so object storage accepted a reused id)."""
+    if scheme == "s3":
+        use_endpoint(monkeypatch, s3_endpoint)
+        bucket = f"custseg-{uuid.uuid4().hex[:8]}"
+        fsspec.filesystem("s3", endpoint_url=s3_endpoint).mkdir(bucket)
+        root = f"s3://{bucket}/art"
+    else:
+        root = str(tmp_path / "art") if scheme == "path" else f"file://{tmp_path}/art"
+    store = ArtifactStore(root)
+    request = RunRequest(input_path="unused.csv", artifacts_root=root)
+    first = store.create_run(request, run_id="same")
+    assert first.record().request == request
+    with pytest.raises(InputError, match=r"run directory .*/runs/same exists already; use a new"):
+        store.create_run(request, run_id="same")

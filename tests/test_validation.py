@@ -21,10 +21,9 @@ import pyarrow as pa
 import pytest
 
 from custseg.cli import main
-from custseg.config import PipelineConfig
 from custseg.errors import InputError
 from custseg.io import load_customers
-from custseg.preprocess import make_scaler
+from custseg.options import PipelineConfig
 
 HEADER = "CustomerID,Genre,Age,Annual Income (k$),Spending Score (1-100)\n"
 FAST = ("--k-max", "3", "--n-init", "1", "--no-progress")
@@ -206,15 +205,18 @@ def test_directory_instead_of_file(capsys, base, tmp_path):
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (("--k-min", "0"), ("k_min=0 < 1",)),
+        (("--k-min", "0"), ("k_min=0 must be >= 1",)),
+        (("--k-max", "0"), ("k_max=0 must be >= 1",)),
+        (("--k-max", "201"), ("k_max=201 must be <= 200",)),
+        (("--n-init", "0"), ("n_init=0 must be >= 1",)),
         (("--k-min", "9", "--k-max", "3"), ("k_min=9 > k_max=3",)),
         (("--scaler", "zscore"), ("--scaler", "invalid choice: 'zscore'")),
         (("--select", "silhouette-magic"), ("--select", "invalid choice")),
         (("--k-max", "many"), ("--k-max", "invalid int value")),
         (("--run-id", "base"), ("exists already", "new run id")),
     ],
-    ids=["k_min_lt_1", "k_min_gt_k_max", "unknown_scaler", "unknown_select", "k_not_int",
-         "run_id_reused"],
+    ids=["k_min_lt_1", "k_max_lt_1", "k_max_gt_200", "n_init_lt_1", "k_min_gt_k_max",
+         "unknown_scaler", "unknown_select", "k_not_int", "run_id_reused"],
 )  # fmt: skip
 def test_bad_options_exit_2(capsys, base, args, words):
     root, _ = base
@@ -230,21 +232,16 @@ def test_out_is_a_file(capsys, base, tmp_path):
 
 def test_library_rejects_bad_options():
     for kwargs, words in [
-        ({"k_min": 0}, "k_min=0 < 1"),
+        ({"k_min": 0}, "k_min=0 must be >= 1"),
         ({"k_min": 5, "k_max": 2}, "k_min=5 > k_max=2"),
-        ({"scaler": "zscore"}, "unknown scaler 'zscore'"),
-        ({"select": "magic"}, "unknown selection method 'magic'"),
+        ({"k_max": True}, "k_max=True is not a whole number"),
+        ({"scaler": "zscore"}, "scaler='zscore' is not one of minmax, standard, robust, none"),
+        ({"select": "magic"}, "select='magic' is not one of auto, elbow"),
+        ({"sample_size": 99}, "sample_size=99 must be >= 100"),
+        ({"features": []}, "features is empty"),
     ]:
         with pytest.raises(InputError, match=words):
             PipelineConfig(**kwargs)
-    with pytest.raises(InputError, match="unknown scaler 'zscore'"):
-        make_scaler("zscore")
-    from custseg.select import choose_k
-    from custseg.sweep import SweepResult
-
-    sweep = SweepResult.from_points([{"k": 1, "sse": 2.0}, {"k": 2, "sse": 1.0}], n_rows=4)
-    with pytest.raises(InputError, match="unknown selection method 'magic'"):
-        choose_k(sweep, method="magic")
 
 
 def test_test_file_lacking_a_model_feature(capsys, base, tmp_path):
@@ -410,7 +407,7 @@ def test_internal_error_without_out_dir_points_at_a_temp_log(capsys, base, tmp_p
     _, out = base
     run_dir = tmp_path / "damaged"
     shutil.copytree(out / "runs" / "base", run_dir)
-    (run_dir / "work" / "preprocess.json").unlink()  # complete-looking, but damaged
+    (run_dir / "metrics.json").write_text("{}")  # complete-looking, but damaged
     test = write(
         tmp_path / "t.csv", "CustomerID,Annual Income (k$),Spending Score (1-100)\n1,5,5\n"
     )

@@ -15,17 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from custseg import __version__
-from custseg.config import (
-    DEFAULT_FEATURES,
-    DEFAULT_K_MAX,
-    DEFAULT_K_MIN,
-    DEFAULT_N_INIT,
-    DEFAULT_SEED,
-    SCALERS,
-    SELECTIONS,
-    PipelineConfig,
-)
 from custseg.errors import InputError
+from custseg.options import CLI, add_cli_options, cli_values, parse_request
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 log = logging.getLogger("custseg")
@@ -47,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"custseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    # -v also after the subcommand (`custseg run -v`), as in git or pip
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress to stderr")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser(
@@ -56,39 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         "fit K-Means for every k in k-min..k-max, choose k, fit the final model at that k, "
         "predict the test customers and write OUT/runs/<run_id>/; OUT/latest.json is "
         "replaced only when everything succeeded.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
-    run.add_argument("--input", required=True, help="customer table: .csv, .csv.gz or .parquet")
-    run.add_argument("--test", help="new customers to assign to segments (same columns)")
-    run.add_argument(
-        "--features",
-        nargs="+",
-        default=list(DEFAULT_FEATURES),
-        metavar="NAME",
-        help="feature columns, matched case- and punctuation-insensitively",
-    )
-    run.add_argument("--k-min", type=int, default=DEFAULT_K_MIN, help="smallest k to try")
-    run.add_argument("--k-max", type=int, default=DEFAULT_K_MAX, help="largest k to try")
-    run.add_argument("--scaler", choices=SCALERS, default="minmax", help="feature scaling")
-    run.add_argument(
-        "--select",
-        choices=SELECTIONS,
-        default=PipelineConfig().select,
-        help="how k is chosen from the sweep",
-    )
-    run.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
-    run.add_argument(
-        "--n-init", type=int, default=DEFAULT_N_INIT, help="K-Means initialisations per k"
-    )
-    run.add_argument(
-        "--sample-size",
-        type=int,
-        default=None,
-        metavar="ROWS",
-        help="rows the k sweep and the selection criteria use (default: automatic, "
-        "max(5000, 100 * k_max per feature pair); the final model always uses every row)",
-    )
-    run.add_argument("--out", default="artifacts", help="artifacts root (OUT)")
+    add_cli_options(run)
     run.add_argument("--run-id", help="name of the run directory (default: time + random)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -98,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a table with a saved model: the scaler inside the model scales "
         "the new customers exactly like the training data.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
     )
     pred.add_argument(
         "--model",
@@ -113,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read OUT/latest.json and print that run's chosen k, segments and "
         "artifact paths (works for runs made by the CLI and by the Airflow DAG).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
     )
     show.add_argument("--out", default="artifacts", help="artifacts root (OUT)")
 
@@ -122,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Synthetic customers around known segment centers, with a ground-truth "
         "'segment' column; .csv, .csv.gz or .parquet by the extension of --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
     )
     gen.add_argument("--rows", type=int, required=True, help="number of customers")
     gen.add_argument("--segments", type=int, default=5, help="true number of segments")
@@ -199,11 +168,12 @@ def _log_file(args: argparse.Namespace) -> Path | None:
     """`OUT/custseg.log` for `run` with a local OUT; an OUT that is a file is an `InputError`."""
     from custseg import storage
 
-    if args.command != "run" or storage.is_remote(args.out):
+    root = getattr(args, "artifacts_root", None) or "artifacts"
+    if args.command != "run" or storage.is_remote(root):
         return None
-    out = storage.local_path(args.out)
+    out = storage.local_path(root)
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {args.out}: is a file, not a directory; pass a directory")
+        raise InputError(f"--out {root}: is a file, not a directory; pass a directory")
     return out / "custseg.log"
 
 
@@ -227,12 +197,12 @@ def _print_segments(segments: list[dict[str, Any]]) -> None:
         print(f"  {s['segment']:>3}  {s['size']:>7}  {s['share'] * 100:5.1f}%  {s['label']}")
 
 
-def _print_summary(run_dir: str, *, latest: str | None, seconds: float | None = None) -> None:
+def _print_summary(run: Any, *, latest: str | None, seconds: float | None = None) -> None:
     """Print a finished run's summary from its metrics.json (shared by `run` and `show`)."""
-    from custseg import artifacts, storage
     from custseg.preprocess import DROP_REASONS
+    from custseg.rundir import MODEL, REPORT
 
-    metrics = artifacts.read_json(storage.join(run_dir, "metrics.json"))
+    metrics = run.metrics()
     order = {r: i for i, r in enumerate(DROP_REASONS)}
     dropped = dict(sorted(metrics["n_rows_dropped"].items(), key=lambda kv: order.get(kv[0], 99)))
     took = f"  ({seconds}s)" if seconds is not None else ""
@@ -254,56 +224,57 @@ def _print_summary(run_dir: str, *, latest: str | None, seconds: float | None = 
         far = p.get("n_out_of_range", 0)
         note = f" ({far} far outside the training range, see out_of_range)" if far else ""
         print(f"predictions: {p['n_rows']} customers -> {p['path']}{note}")
-    print(f"artifacts: {run_dir}")
-    print(f"model: {storage.join(run_dir, artifacts.MODEL_FILE)}")
-    print(f"report: {storage.join(run_dir, 'report.html')}")
+    print(f"artifacts: {run.uri}")
+    print(f"model: {run.path(MODEL)}")
+    print(f"report: {run.path(REPORT)}")
     if latest:
         print(f"latest: {latest}")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Print the summary of the run `OUT/latest.json` names (e.g. after an Airflow run)."""
-    from custseg import artifacts, storage
+    from custseg.rundir import ArtifactStore
 
-    promoted = artifacts.read_latest(args.out)
+    store = ArtifactStore(args.out)
+    promoted = store.latest()
     if promoted is None:
         raise InputError(
-            f"{storage.join(args.out, artifacts.LATEST)} not found: no run was promoted in "
-            f"{args.out} yet; run `custseg run` or the Airflow DAG first"
+            f"{store.latest_uri} not found: no run was promoted in {args.out} yet; run "
+            "`custseg run` or the Airflow DAG first"
         )
-    _print_summary(str(promoted["run_dir"]), latest=storage.join(args.out, artifacts.LATEST))
+    _print_summary(promoted.check_complete(), latest=store.latest_uri)
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train and report."""
-    from custseg.pipeline import run_pipeline
+    from custseg.pipeline import run_in_memory
+    from custseg.rundir import run_at
 
-    config = PipelineConfig(
-        features=tuple(args.features), k_min=args.k_min, k_max=args.k_max, scaler=args.scaler,
-        select=args.select, seed=args.seed, n_init=args.n_init, sample_size=args.sample_size,
-    )  # fmt: skip
+    request = parse_request(cli_values(args), runner=CLI)
     bar = ProgressBar("sweep", enabled=not args.no_progress and sys.stderr.isatty())
-    summary = run_pipeline(config, input_path=args.input, out=args.out, test_path=args.test,
-                           run_id=args.run_id, progress=bar)  # fmt: skip
-    _print_summary(summary["run_dir"], latest=summary["latest"], seconds=summary["seconds"])
+    summary = run_in_memory(request, run_id=args.run_id, progress=bar)
+    _print_summary(run_at(summary["run_dir"]), latest=summary["latest"],
+                   seconds=summary["seconds"])  # fmt: skip
     return EXIT_OK
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Score new customers with a saved model."""
-    from custseg import artifacts, storage
-    from custseg.model import load_model, model_info
+    from custseg.model import model_info
     from custseg.pipeline import score_customers
+    from custseg.rundir import resolve_run
 
-    run_dir = artifacts.resolve_run_dir(args.model)
-    model = load_model(storage.join(run_dir, artifacts.MODEL_FILE))
-    info = artifacts.read_json(storage.join(run_dir, "metrics.json"))
-    pred = score_customers(run_dir, args.input, model=model)
+    run = resolve_run(args.model)
+    model = run.load_model()
+    info = run.metrics()
+    summary = info if "feature_min" in info else run.prepared_summary()  # runs before 0.2
+    pred = score_customers(model, args.input, summary=summary,
+                           needed_by=f"the model in {run.uri}")  # fmt: skip
     pred.to_csv(args.out, index=False)
     labels = {s["segment"]: s["label"] for s in info["segments"]}
     counts = pred["segment"].value_counts().sort_index()
-    print(f"model: {run_dir} (k={model_info(model).k})")
+    print(f"model: {run.uri} (k={model_info(model).k})")
     print(f"scored {len(pred)} customers -> {args.out}")
     for seg, n in counts.items():
         print(f"  segment {seg}: {n}  ({labels.get(int(seg), '')})")

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from custseg import storage
-from custseg.config import DEFAULT_FEATURES
 from custseg.errors import InputError
+from custseg.options import DEFAULT_FEATURES
 
 log = logging.getLogger(__name__)
 

@@ -277,6 +277,15 @@ def align_segments(
     return SegmentAlignment(tuple(order), tuple(matches), float(max_distance))
 
 
+def renumbered(model: Any, order: tuple[int, ...] | list[int]) -> Any:
+    """A copy of a fitted pipeline whose K-Means cluster i is cluster `order[i]`."""
+    import copy
+
+    model = copy.deepcopy(model)
+    renumber_segments(model[-1], order)
+    return model
+
+
 def renumber_segments(kmeans: Any, order: tuple[int, ...] | list[int]) -> None:
     """Permute a fitted KMeans in place so cluster i becomes `order[i]` (centers and labels)."""
     perm = np.asarray(order, dtype=np.int64)
@@ -285,4 +294,5 @@ def renumber_segments(kmeans: Any, order: tuple[int, ...] | list[int]) -> None:
     centers = np.empty_like(kmeans.cluster_centers_)
     centers[perm] = kmeans.cluster_centers_
     kmeans.cluster_centers_ = centers
-    kmeans.labels_ = perm[kmeans.labels_].astype(kmeans.labels_.dtype)
+    if hasattr(kmeans, "labels_"):
+        kmeans.labels_ = perm[kmeans.labels_].astype(kmeans.labels_.dtype)

@@ -10,17 +10,18 @@ Airflow retries it (I/O and other transient faults).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from custseg.config import PipelineConfig
 from custseg.errors import InputError
+from custseg.options import RunRequest
+from custseg.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ ENV_ARTIFACTS = "CUSTSEG_ARTIFACTS_ROOT"
 ENV_ALLOWED = "CUSTSEG_ALLOWED_ROOTS"
 SAMPLE_INPUT = "data/sample/customers.csv"
 SAMPLE_TEST = "data/sample/test.csv"
-MAX_SWEEP_BATCHES = 50
 
 
 def project_home(dags_folder: str | os.PathLike[str] | None = None) -> Path:
@@ -105,7 +105,11 @@ def confine_path(
     if storage.is_remote(text):
         scheme, rest = text.split("://", 1)
         resolved = f"{scheme}://{posixpath.normpath('/' + rest).lstrip('/')}"
-        inside = any(storage.is_remote(r) and resolved.startswith(r) for r in roots)
+        # a root matches itself and everything under it, with or without a trailing slash
+        inside = any(
+            storage.is_remote(r) and (resolved == r.rstrip("/") or resolved.startswith(r))
+            for r in roots
+        )
     else:
         local = storage.local_path(text)
         resolved = str((Path(home) / local if not local.is_absolute() else local).resolve())
@@ -123,74 +127,52 @@ def _roots_text(roots: Sequence[str]) -> str:
     return "[" + ", ".join(roots) + "]"
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunRequest:
-    """A validated trigger: the pipeline config plus confined absolute paths."""
+def request_from_params(
+    params: Mapping[str, Any],
+    *,
+    home: str | os.PathLike[str],
+    conf: Mapping[str, Any] | None = None,
+) -> RunRequest:
+    """A validated `RunRequest` from DAG params, every path confined to the allowed roots.
 
-    config: PipelineConfig
-    input_path: str
-    test_path: str | None
-    artifacts_root: str
-    sweep_batches: int
+    Keys of the trigger `conf` that are no option fail at once, naming the closest one.
+    """
+    from custseg.options import DAG, check_known, parse_request
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, for logs and XCom."""
-        return {
-            "config": self.config.to_dict(),
-            "input_path": self.input_path,
-            "test_path": self.test_path,
-            "artifacts_root": self.artifacts_root,
-            "sweep_batches": self.sweep_batches,
-        }
-
-
-def request_from_params(params: Mapping[str, Any], *, home: str | os.PathLike[str]) -> RunRequest:
-    """Validate DAG params (also the cross-field rules JSON schema cannot express)."""
-    defaults = PipelineConfig()
-    features = params.get("features") or list(defaults.features)
-    if isinstance(features, str):
-        features = [f.strip() for f in features.split(",") if f.strip()]
-    config = PipelineConfig(
-        features=tuple(features),
-        k_min=_int(params, "k_min", defaults.k_min),
-        k_max=_int(params, "k_max", defaults.k_max),
-        scaler=str(params.get("scaler") or defaults.scaler),
-        select=str(params.get("selection") or defaults.select),
-        seed=_int(params, "seed", defaults.seed),
-    )
-    batches = _int(params, "sweep_batches", 1)
-    if not 1 <= batches <= MAX_SWEEP_BATCHES:
-        raise InputError(f"sweep_batches={batches} must be between 1 and {MAX_SWEEP_BATCHES}")
+    check_known(conf or {}, runner=DAG)
+    values = dict(params)
+    if not values.get("input_path"):
+        values["input_path"] = SAMPLE_INPUT
+    if not values.get("artifacts_root"):
+        values["artifacts_root"] = default_artifacts_root(home)
+    request = parse_request(values, runner=DAG)
     roots = allowed_roots(home)
-    input_path = confine_path(
-        params.get("input_path") or SAMPLE_INPUT, roots=roots, home=home, what="input_path"
-    )
-    test = params.get("test_path")
-    test_path = confine_path(test, roots=roots, home=home, what="test_path") if test else None
-    artifacts_root = confine_path(
-        params.get("artifacts_root") or default_artifacts_root(home),
-        roots=roots, home=home, what="artifacts_root",
+
+    def confined(name: str) -> str | None:
+        value = getattr(request, name)
+        return confine_path(value, roots=roots, home=home, what=name) if value else None
+
+    return dataclasses.replace(
+        request, input_path=confined("input_path"), test_path=confined("test_path"),
+        artifacts_root=confined("artifacts_root"),
     )  # fmt: skip
-    return RunRequest(config=config, input_path=input_path, test_path=test_path,
-                      artifacts_root=artifacts_root, sweep_batches=batches)  # fmt: skip
-
-
-def _int(params: Mapping[str, Any], name: str, default: int) -> int:
-    value = params.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{name}={value!r} is not a whole number")
-    return value
 
 
 @contextlib.contextmanager
-def fail_fast_on_input_errors() -> Iterator[None]:
-    """Turn `InputError` into `AirflowFailException` (no retries), logging its one line."""
+def fail_fast_on_input_errors(run: RunDir | None = None) -> Iterator[None]:
+    """Turn `InputError` into `AirflowFailException` (no retries), logging its one line.
+
+    A run that fails on its input cannot succeed, so its directory (`run`) is removed:
+    bad input leaves nothing behind.
+    """
     try:
         yield
     except InputError as exc:
         log.error("bad input: %s", exc)
+        if run is not None:
+            from custseg import storage
+
+            storage.remove_tree(run.uri)
         try:
             from airflow.sdk.exceptions import AirflowFailException
         except ImportError:  # pragma: no cover - without Airflow the InputError stands
@@ -205,110 +187,169 @@ def _attach_to_task_log() -> None:
         logger.setLevel(logging.INFO)
 
 
+# -- the Airflow runner: one step per task, values handed over through the run directory --
+
+SAVE: dict[str, Callable[[RunDir, Any], Any]] = {
+    "table": RunDir.save_table,
+    "prepared": RunDir.save_prepared,
+    "plan": RunDir.save_plan,
+    "sweep": RunDir.save_sweep,
+    "fitted": RunDir.save_fit,
+}
+LOAD: dict[str, Callable[[RunDir], Any]] = {
+    "table": RunDir.load_table,
+    "prepared": RunDir.load_prepared,
+    "plan": RunDir.load_plan,
+    "sweep": RunDir.load_sweep,
+    "fitted": RunDir.load_fit,
+    "fit_info": RunDir.fit_info,
+    "segments": lambda run: _saved_segments(run),
+}
+"""How each value of `custseg.pipeline.STEPS` travels between tasks. `segments` is read back
+from the artifacts `write_align` wrote, so it needs no hand-off file of its own."""
+
+
+def _saved_segments(run: RunDir) -> Any:
+    from custseg.pipeline import Segments
+
+    info = run.segments_info()
+    return Segments(run.load_model(), None, info["alignment"], run.load_profile())
+
+
+def run_step(name: str, run_dir: str, *, ks: Sequence[int] | None = None) -> Any:
+    """Run step `name` of the pipeline on the run in `run_dir`: read what it needs from the
+    run directory, compute, write its artifacts and its hand-off; returns its value."""
+    from custseg.pipeline import STEP, Context
+    from custseg.rundir import run_at
+    from custseg.sweep import start_workers
+
+    _attach_to_task_log()
+    run = run_at(run_dir)
+    step = STEP[name]
+    with fail_fast_on_input_errors(run), warnings.catch_warnings():
+        # skops looks every saved type up in sys.modules; Airflow's lazy deprecated module
+        # attributes answer that with one FutureWarning each (1000+ lines in the task log).
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.")
+        record = run.record()
+        ctx = Context(request=record.request, run=run, record=record,
+                      ks=None if ks is None else [int(k) for k in ks])  # fmt: skip
+        if name in ("sweep", "fitted"):  # worker start-up overlaps reading the features
+            start_workers(rows=run.prepared_summary()["n_rows_used"])
+        inputs = {n: LOAD[n](run) for n in step.needs}
+        value = step.compute(ctx, **inputs)
+        if step.write is not None:
+            step.write(ctx, value, **{n: inputs[n] for n in step.write_needs})
+        if name in SAVE:
+            SAVE[name](run, value)
+    return value
+
+
 def load_task(
-    params: Mapping[str, Any], *, run_id: str, home: str | os.PathLike[str], try_number: int = 1
+    params: Mapping[str, Any],
+    *,
+    run_id: str,
+    home: str | os.PathLike[str],
+    try_number: int = 1,
+    conf: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Validate params, create the run directory named after the Airflow run id, load input.
+    """Validate params, load the input, then create the run directory (named after the
+    Airflow run id) and store the table in it: bad input creates nothing.
 
     A retry of this task gets a fresh directory (`<run_id>-try<n>`), so nothing an earlier
     attempt wrote is overwritten or reused.
     """
-    from custseg import artifacts
-    from custseg.pipeline import load_stage, start_run
+    from custseg.rundir import safe_run_id
 
     _attach_to_task_log()
     with fail_fast_on_input_errors():
-        req = request_from_params(params, home=home)
+        req = request_from_params(params, home=home, conf=conf)
         log.info("params: %s", req.to_dict())
-        name = artifacts.safe_run_id(run_id)
-        if try_number > 1:
-            name = f"{name}-try{try_number}"
-        run = start_run(req.config, input_path=req.input_path, out=req.artifacts_root,
-                        test_path=req.test_path, run_id=name)  # fmt: skip
-        result = load_stage(run["run_dir"])
-    return {
-        "run_dir": run["run_dir"],
-        "run_id": run["run_id"],
-        "n_rows_read": int(result["n_rows_read"]),
-        "sweep_batches": req.sweep_batches,
-    }
+        name = safe_run_id(run_id) + (f"-try{try_number}" if try_number > 1 else "")
+        run, table = start_run(req, run_id=name)
+    return {"run_dir": run.uri, "run_id": run.run_id, "n_rows_read": int(table.n_rows_read),
+            "sweep_batches": req.sweep_batches}  # fmt: skip
+
+
+def start_run(request: RunRequest, *, run_id: str | None = None) -> tuple[RunDir, Any]:
+    """The first step of the staged runner: load the input, then create the run directory
+    and hand the table over in it (bad input creates nothing)."""
+    from custseg.pipeline import STEP, Context
+    from custseg.rundir import ArtifactStore
+
+    table = STEP["table"].compute(Context(request=request))
+    run = ArtifactStore(request.artifacts_root).create_run(request, run_id=run_id)
+    SAVE["table"](run, table)
+    return run, table
+
+
+def run_staged(
+    request: RunRequest, *, run_id: str | None = None, batches: int = 1
+) -> dict[str, Any]:
+    """Every step as the DAG runs it, one after another in this process, each handing over
+    through the run directory: the staged runner without Airflow (tests compare it with
+    `custseg.pipeline.run_in_memory`). Returns the last step's summary."""
+    run, _ = start_run(request, run_id=run_id)
+    run_step("prepared", run.uri)
+    for ks in run_step("plan", run.uri).batches(batches):
+        run_step("sweep", run.uri, ks=ks)
+    run_step("fitted", run.uri)
+    run_step("segments", run.uri)
+    return run_step("summary", run.uri)
 
 
 def preprocess_task(run_dir: str) -> dict[str, Any]:
     """Drop and count unusable rows (logged per reason)."""
-    from custseg.pipeline import preprocess_stage
-
-    _attach_to_task_log()
-    with fail_fast_on_input_errors():
-        info = preprocess_stage(run_dir)
-    dropped = info["n_rows_dropped"]
-    return {
-        "run_dir": run_dir,
-        "n_rows_used": int(info["n_rows_used"]),
-        "n_rows_dropped": {k: int(v) for k, v in dropped.items()},
-    }
+    data = run_step("prepared", run_dir)
+    return {"run_dir": run_dir, "n_rows_used": int(data.n_rows_used),
+            "n_rows_dropped": {k: int(v) for k, v in data.dropped.items()}}  # fmt: skip
 
 
 def plan_task(run_dir: str, *, batches: int) -> list[dict[str, Any]]:
     """The k sweep split into `batches` mapped task inputs `{"run_dir", "ks"}`."""
-    from custseg.pipeline import plan_sweep
-
-    _attach_to_task_log()
-    with fail_fast_on_input_errors():
-        parts = plan_sweep(run_dir, batches=batches)
+    parts = run_step("plan", run_dir).batches(batches)
     log.info("sweep plan: %d batch(es): %s", len(parts),
              "; ".join(f"k={p[0]}..{p[-1]}" for p in parts))  # fmt: skip
-    return [{"run_dir": run_dir, "ks": [int(k) for k in part]} for part in parts]
+    return [{"run_dir": run_dir, "ks": part} for part in parts]
 
 
-def sweep_task(run_dir: str, ks: Sequence[int]) -> list[dict[str, Any]]:
-    """SSE for each k of one batch; every point carries its own `k`."""
-    from custseg.pipeline import sweep_stage
-
-    _attach_to_task_log()
-    with fail_fast_on_input_errors():
-        points = sweep_stage(run_dir, [int(k) for k in ks])
-    log.info("sweep k=%d..%d: SSE %s", points[0]["k"], points[-1]["k"],
-             [round(p["sse"], 4) for p in points])  # fmt: skip
-    # each point: k, sse, seconds and (select=auto) the per-k criteria, all plain numbers
-    return [{**p, "k": int(p["k"]), "sse": float(p["sse"]), "seconds": float(p["seconds"])}
-            for p in points]  # fmt: skip
+def sweep_task(run_dir: str, ks: Sequence[int]) -> dict[str, Any]:
+    """SSE for each k of one batch, written to the run directory."""
+    result = run_step("sweep", run_dir, ks=ks)
+    log.info("sweep k=%d..%d: SSE %s", result.ks[0], result.ks[-1],
+             [round(v, 4) for v in result.sse])  # fmt: skip
+    return {"run_dir": run_dir, "ks": [int(k) for k in result.ks]}
 
 
-def fit_task(run_dir: str, results: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
-    """Merge the mapped sweep results (sorted by k), choose k, fit and save the final model."""
-    from custseg.pipeline import fit_stage
+def fit_task(run_dir: str) -> dict[str, Any]:
+    """Merge the sweep, choose k, fit the final model."""
+    fitted = run_step("fitted", run_dir)
+    k, reason = fitted.selection.chosen_k, fitted.selection.reason
+    log.info("chosen k=%d: %s", k, reason)
+    return {"run_dir": run_dir, "chosen_k": int(k), "reason": str(reason)}
 
-    _attach_to_task_log()
-    points = sorted((dict(p) for batch in results for p in batch), key=lambda p: p["k"])
-    with fail_fast_on_input_errors(), warnings.catch_warnings():
-        # skops looks every saved type up in sys.modules; Airflow's lazy deprecated module
-        # attributes answer that with one FutureWarning each (1000+ lines in the task log).
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.")
-        fit = fit_stage(run_dir, points)
-    log.info("chosen k=%d: %s; model %s", fit["chosen_k"], fit["reason"],
-             os.path.join(run_dir, "model.skops"))  # fmt: skip
-    return {"run_dir": run_dir, "chosen_k": int(fit["chosen_k"]), "reason": str(fit["reason"])}
+
+def align_task(run_dir: str) -> dict[str, Any]:
+    """Align segment ids to the run's recorded reference; save model and profile."""
+    segments = run_step("segments", run_dir)
+    aligned = bool(segments.alignment and segments.alignment.get("aligned"))
+    return {"run_dir": run_dir, "aligned": aligned}
 
 
 def finish_task(run_dir: str) -> dict[str, Any]:
     """Reload the saved model, score the test customers, write metrics/report, promote."""
-    from custseg import artifacts, storage
-    from custseg.pipeline import finish_stage
+    from custseg.rundir import MODEL, run_at
 
-    _attach_to_task_log()
-    with fail_fast_on_input_errors():
-        summary = finish_stage(run_dir)
-    model = storage.join(run_dir, artifacts.MODEL_FILE)
+    summary = run_step("summary", run_dir)
+    run = run_at(run_dir)
     log.info("run %s: k=%d (%s)", summary["run_id"], summary["chosen_k"], summary["reason"])
     for name in ("model.skops", "metrics.json", "report.html", "predictions.csv"):
-        if storage.exists(storage.join(run_dir, name)):
-            log.info("artifact: %s", storage.join(run_dir, name))
+        if run.exists(name):
+            log.info("artifact: %s", run.path(name))
     log.info("promoted: %s", summary["latest"])
     return {
         "run_id": str(summary["run_id"]),
         "run_dir": run_dir,
-        "model": model,
+        "model": run.path(MODEL),
         "latest": str(summary["latest"]),
         "chosen_k": int(summary["chosen_k"]),
         "reason": str(summary["reason"]),
@@ -317,8 +358,8 @@ def finish_task(run_dir: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "RunRequest",
     "allowed_roots",
+    "align_task",
     "confine_path",
     "default_artifacts_root",
     "fail_fast_on_input_errors",
@@ -329,5 +370,8 @@ __all__ = [
     "preprocess_task",
     "project_home",
     "request_from_params",
+    "run_staged",
+    "run_step",
+    "start_run",
     "sweep_task",
 ]

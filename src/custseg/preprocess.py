@@ -34,11 +34,45 @@ class PreparedData:
     dropped: dict[str, int]
     n_distinct: int
     warnings: tuple[str, ...] = field(default=())
+    sha256: str = ""
 
     @property
     def n_rows_used(self) -> int:
         """Rows that go into the model."""
         return int(self.X.shape[0])
+
+    def summary(self) -> dict[str, Any]:
+        """What later steps and `metrics.json` need of the rows, as JSON (no rows)."""
+        return {
+            "features": list(self.features),
+            "id_column": self.id_column,
+            "n_rows_read": self.n_rows_read,
+            "n_rows_used": self.n_rows_used,
+            "n_rows_dropped": dict(self.dropped),
+            "n_distinct": self.n_distinct,
+            "feature_min": [float(v) for v in self.X.min(axis=0)],
+            "feature_max": [float(v) for v in self.X.max(axis=0)],
+            "data_sha256": self.sha256,
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_columns(cls, columns: list[Any], *, ids: Any, summary: dict[str, Any]) -> PreparedData:
+        """Rebuild from feature columns, ids and `summary()` (features column-major)."""
+        X = np.empty((len(columns[0]) if columns else 0, len(columns)), dtype=np.float64, order="F")
+        for j, col in enumerate(columns):
+            X[:, j] = col
+        return cls(
+            X=X,
+            ids=ids,
+            features=tuple(summary["features"]),
+            id_column=summary["id_column"],
+            n_rows_read=int(summary["n_rows_read"]),
+            dropped=dict(summary["n_rows_dropped"]),
+            n_distinct=int(summary["n_distinct"]),
+            warnings=tuple(summary["warnings"]),
+            sha256=summary["data_sha256"],
+        )
 
     def to_frame(self) -> pd.DataFrame:
         """The cleaned rows as a DataFrame (id first), as written to `features.parquet`."""
@@ -252,7 +286,9 @@ def prepare_features(table: CustomerTable, *, distinct_cap: int | None = None) -
     if keep is not None and not keep.all():
         cols = [col[keep] for col in cols]
         ids = ids[keep] if isinstance(ids, np.ndarray) else ids[keep].reset_index(drop=True)
-    X = np.column_stack(cols)
+    X = np.empty((len(cols[0]), len(cols)), dtype=np.float64, order="F")
+    for j, col in enumerate(cols):  # column-major: per-feature reductions are 10-50x faster
+        X[:, j] = col
     if X.shape[0] == 0:
         empty = [c for c in feats if np.isnan(frame[c].to_numpy(np.float64)).all()]
         if empty:
@@ -295,6 +331,7 @@ def prepare_features(table: CustomerTable, *, distinct_cap: int | None = None) -
         dropped=dropped,
         n_distinct=n_distinct,
         warnings=tuple(table.warnings) + tuple(warnings),
+        sha256=table.sha256,
     )
 
 
@@ -303,11 +340,7 @@ def make_scaler(name: str) -> Any:
     from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
     scalers = {"minmax": MinMaxScaler, "standard": StandardScaler, "robust": RobustScaler}
-    if name == "none":
-        return "passthrough"
-    if name not in scalers:
-        raise InputError(f"unknown scaler {name!r}: use one of minmax, standard, robust, none")
-    return scalers[name]()
+    return "passthrough" if name == "none" else scalers[name]()  # names: options.SCALERS
 
 
 def scale_features(X: np.ndarray, *, scaler: str) -> np.ndarray:

@@ -74,23 +74,26 @@ def profile_segments(
     return pd.DataFrame(rows)
 
 
+def _figure(figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A figure and its axes without pyplot's global state, so plots can be drawn on any
+    thread (the CLI draws some while K-Means runs)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
 def _figure_png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return buf.getvalue()
 
 
 def elbow_png(ks: list[int], sse: list[float], *, chosen_k: int, knee: int | None) -> bytes:
     """SSE against k, the chosen k marked (and the elbow, when it differs)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _figure((7, 4))
     ax.plot(ks, sse, marker="o", markersize=3, color="#1f77b4", label="SSE (inertia)")
     sse_at = dict(zip(ks, sse, strict=True))
     ax.axvline(chosen_k, color="#d62728", linestyle="--", label=f"chosen k = {chosen_k}")
@@ -116,16 +119,13 @@ def segments_png(
     seed: int = 0,
 ) -> bytes:
     """The first two features, coloured by segment, centroids marked (sampled when large)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if len(X) > max_points:
         pick = np.random.default_rng(seed).choice(len(X), max_points, replace=False)
         X, labels = X[pick], labels[pick]
-    fig, ax = plt.subplots(figsize=(8.5, 5.5))
-    cmap = plt.get_cmap("tab10" if len(centroids) <= 10 else "tab20")
+    fig, ax = _figure((8.5, 5.5))
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(centroids) <= 10 else "tab20"]
     xj, yj = (0, 1) if X.shape[1] > 1 else (0, 0)
     for seg in range(len(centroids)):
         pts = X[labels == seg]
@@ -199,14 +199,9 @@ figure {{ display: inline-block; margin: .5rem; }} img {{ max-width: 520px; }}
 
 def selection_png(selection: dict[str, Any]) -> bytes:
     """Every criterion of the `auto` choice against k, scaled 0..1 (1 = best), picks marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     values = selection.get("values", {})
     picks = selection.get("picks", {})
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _figure((7, 4))
     styles = {"silhouette": ("#1f77b4", "o"), "calinski_harabasz": ("#2ca02c", "s"),
               "davies_bouldin": ("#9467bd", "^"), "gap": ("#ff7f0e", "D")}  # fmt: skip
     for name, (color, marker) in styles.items():

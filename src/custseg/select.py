@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from custseg.errors import InputError
 from custseg.sweep import SweepResult
 
 log = logging.getLogger(__name__)
@@ -65,10 +64,8 @@ def choose_k(
     """Pick k from the sweep with `method` (`elbow` or `auto`)."""
     if method == "elbow":
         return choose_elbow(sweep)
-    if method == "auto":
-        from custseg.criteria import choose_auto
+    from custseg.criteria import choose_auto  # the other name: options.SELECTIONS
 
-        if X is None:
-            raise ValueError("method 'auto' needs the scaled data X")
-        return choose_auto(sweep, X, seed=seed)
-    raise InputError(f"unknown selection method {method!r}: use elbow or auto")
+    if X is None:
+        raise ValueError("method 'auto' needs the scaled data X")
+    return choose_auto(sweep, X, seed=seed)

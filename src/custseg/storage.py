@@ -59,6 +59,33 @@ def makedirs(uri: str, *, exist_ok: bool = True) -> None:
     local_path(uri).mkdir(parents=True, exist_ok=exist_ok)
 
 
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """The files directly in a folder whose names end with `suffix`, sorted (none if no folder)."""
+    if is_remote(uri):
+        fs, path = _fs(uri)
+        if not fs.exists(path):
+            return []
+        scheme = uri.split("://", 1)[0]
+        names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(suffix))
+        return [f"{scheme}://{p}" for p in names]
+    folder = local_path(uri)
+    if not folder.is_dir():
+        return []
+    return sorted(str(p) for p in folder.iterdir() if p.name.endswith(suffix) and p.is_file())
+
+
+def remove_tree(uri: str) -> None:
+    """Delete a folder and everything in it (nothing happens if it does not exist)."""
+    import shutil
+
+    if is_remote(uri):
+        fs, path = _fs(uri)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        return
+    shutil.rmtree(local_path(uri), ignore_errors=True)
+
+
 def open_file(uri: str, mode: str = "rb") -> IO[Any]:
     """Open a local path or URI (binary modes only)."""
     if is_remote(uri):
@@ -74,7 +101,10 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write a file in one go (not atomic; use inside a run directory only)."""
+    """Write a file in one go (not atomic; use inside a run directory only); a local file's
+    folder is created if needed."""
+    if not is_remote(uri):
+        local_path(uri).parent.mkdir(parents=True, exist_ok=True)
     with open_file(uri, "wb") as fh:
         fh.write(data)
 
@@ -97,7 +127,29 @@ def replace_atomic(uri: str, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; follow the umask like open()
         os.replace(tmp, target)
+        _fsync_dir(target.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (the directory entry itself is flushed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. a platform without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)

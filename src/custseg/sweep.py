@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import context as mp_context
-from multiprocessing import forkserver, popen_forkserver, spawn
-from multiprocessing import util as mp_util
 from typing import Any
 
 import numpy as np
@@ -134,16 +130,9 @@ def heartbeat(what: str, *, every: float = 5.0) -> Iterator[None]:
 
 
 def k_range(*, k_min: int, k_max: int, n_distinct: int) -> list[int]:
-    """The ks to sweep: `k_min..k_max` inclusive, k_max clamped to the distinct points."""
-    if k_min < 1:
-        raise InputError(f"k_min={k_min} < 1: K-Means needs at least one cluster")
-    if k_min > k_max:
-        raise InputError(f"k_min={k_min} > k_max={k_max}: swap them or widen the range")
-    if k_max > n_distinct:
-        log.warning(
-            "k_max=%d > %d distinct points: clamping k_max to %d", k_max, n_distinct, n_distinct
-        )
-        k_max = n_distinct
+    """The ks to sweep: `k_min..k_max` inclusive (checked by `custseg.options`), k_max
+    clamped to the distinct points of the data."""
+    k_max = min(k_max, n_distinct)
     if k_min > k_max:
         raise InputError(
             f"k_min={k_min} > {n_distinct} distinct usable points: lower k_min or add data"
@@ -161,27 +150,82 @@ def default_workers() -> int:
 
 PARALLEL_MIN_TASKS = 4
 PARALLEL_MIN_ROWS = 1000
-"""Below 4 tasks or 1,000 rows a pool costs more to start (~0.15 s from a warm fork server,
-~1 s cold) than it saves: 8 ks with criteria on 1,000 rows take ~0.25 s in-process."""
-WORKER_MODULES = ("custseg.sweep", "custseg.criteria", "sklearn.cluster", "sklearn.metrics")
-"""What the fork server imports once, so that every worker forked from it starts warm."""
-_WORKER: dict[str, Any] = {}
+"""Below 4 tasks or 1,000 rows a pool costs more to start than it saves: 8 ks with criteria
+on 1,000 rows take ~0.25 s in-process."""
+WORKER_IDLE_SECONDS = 30
+"""Workers outlive a pool's last task this long, so the sweep and the stability check that
+follows it share warm workers."""
+_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
-def start_workers(*, rows: int | None = None) -> None:
-    """Start the fork server that worker processes are forked from, without waiting for it.
+def _executor(workers: int) -> Any:
+    """joblib's loky executor with `workers` processes, reused while its settings are the
+    same. Workers start as fresh interpreters (they do not re-import the caller's
+    `__main__`), with BLAS/OpenMP limited to one thread (`_worker_init`)."""
+    from joblib.externals.loky import get_reusable_executor
 
-    It imports `WORKER_MODULES` (about a second) in the background, so calling this early
-    (at run start) overlaps that with the caller's own work; later pools then start in
-    milliseconds. Forking from this fresh server rather than from the caller is safe even
-    when the caller has already run OpenMP code (libgomp does not survive a fork). With
-    `rows`, nothing is started for data too small for `run_tasks` to use workers on.
+    return get_reusable_executor(
+        max_workers=workers, timeout=WORKER_IDLE_SECONDS, initializer=_worker_init,
+        initargs=(os.getpid(),), env=_THREAD_ENV,
+    )  # fmt: skip
+
+
+def _worker_init(parent: int) -> None:
+    """Set up one worker process: scikit-learn loaded, BLAS/OpenMP at one thread each.
+
+    Ctrl-C is left to the parent; a worker exits as soon as its parent dies (e.g. killed by
+    a task timeout) instead of finishing fits nobody will read.
     """
+    import signal
+
+    from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
+    from threadpoolctl import threadpool_limits
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threadpool_limits(limits=1)
+
+    def exit_with_parent() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+
+    threading.Thread(target=exit_with_parent, name="custseg-parent-watch", daemon=True).start()
+
+
+def _warm() -> None:
+    """Import what the tasks need (run on each worker as soon as the pool starts)."""
+    import sklearn.metrics  # noqa: F401
+
+    import custseg.criteria  # noqa: F401
+
+
+def start_workers(*, rows: int | None = None, workers: int | None = None) -> None:
+    """Start the worker processes now, without waiting for them, so their start-up (about a
+    second of imports) overlaps the caller's own work. Nothing is started for data too
+    small for `run_tasks` to use workers on, or where processes cannot be started."""
     if rows is not None and rows < PARALLEL_MIN_ROWS:
         return
-    if _no_workers_reason() is None:
-        forkserver.set_forkserver_preload(list(WORKER_MODULES))
-        forkserver.ensure_running()
+    n = workers or default_workers()
+    if n < 2 or _no_workers_reason() is not None:
+        return
+    try:
+        pool = _executor(n)
+        for _ in range(n):
+            pool.submit(_warm)
+    except Exception as exc:  # noqa: BLE001 - run_tasks falls back and says why
+        log.info("worker processes not started early: %r", exc)
+
+
+def stop_workers() -> None:
+    """Stop the worker processes now (they also stop when idle for WORKER_IDLE_SECONDS, or
+    when this process exits)."""
+    from joblib.externals.loky import reusable_executor
+
+    if reusable_executor._executor is not None:
+        reusable_executor._executor.shutdown(wait=True, kill_workers=True)
 
 
 def _no_workers_reason() -> str | None:
@@ -193,74 +237,17 @@ def _no_workers_reason() -> str | None:
     return None
 
 
-class _WorkerPopen(popen_forkserver.Popen):
-    """CPython's (3.11-3.13) fork-server launch, minus the re-import of the parent's `__main__`
-    in the child: the tasks need custseg only, and `__main__` may be Airflow's CLI (seconds to
-    import) or a script without a main guard (which would run again in every worker)."""
-
-    def _launch(self, process_obj: Any) -> None:
-        prep_data = spawn.get_preparation_data(process_obj._name)
-        prep_data.pop("init_main_from_name", None)
-        prep_data.pop("init_main_from_path", None)
-        buf = io.BytesIO()
-        mp_context.set_spawning_popen(self)
-        try:
-            mp_context.reduction.dump(prep_data, buf)
-            mp_context.reduction.dump(process_obj, buf)
-        finally:
-            mp_context.set_spawning_popen(None)
-        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
-        parent_w = os.dup(w)
-        self.finalizer = mp_util.Finalize(self, mp_util.close_fds, (parent_w, self.sentinel))
-        with open(w, "wb", closefd=True) as f:
-            f.write(buf.getbuffer())
-        self.pid = forkserver.read_signed(self.sentinel)
+def _run_chunk(task: Callable[[Any, Any], Any], state: Any, items: list[Any]) -> list[Any]:
+    """Run `task(state, item)` for a chunk of items in one worker."""
+    return [task(state, item) for item in items]
 
 
-class _WorkerProcess(mp_context.ForkServerProcess):
-    """A fork-server process launched by `_WorkerPopen`."""
-
-    @staticmethod
-    def _Popen(process_obj: Any) -> _WorkerPopen:
-        return _WorkerPopen(process_obj)
-
-
-class _WorkerContext(mp_context.ForkServerContext):
-    """The fork-server start method with `_WorkerProcess` processes."""
-
-    Process = _WorkerProcess  # type: ignore[assignment]
-
-
-def _worker_init(state: Any) -> None:
-    """Set up one worker process: BLAS/OpenMP limited to one thread, `state` kept for tasks.
-
-    Ctrl-C is left to the parent, which cancels the pool; a worker exits when the parent
-    dies (e.g. killed by a task timeout), which the pool itself would not notice.
-    """
-    import multiprocessing
-    import signal
-
-    from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
-    from threadpoolctl import threadpool_limits
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
-    _WORKER["limits"] = threadpool_limits(limits=1)
-    _WORKER["state"] = state
-
-
-def _worker_call(task: Callable[[Any, Any], Any], item: Any) -> Any:
-    return task(_WORKER["state"], item)
-
-
-def _process_pool(workers: int, state: Any) -> ProcessPoolExecutor:
-    """A pool of `workers` processes forked from the warm fork server, each given `state` once."""
-    start_workers()
-    return ProcessPoolExecutor(
-        workers, mp_context=_WorkerContext(), initializer=_worker_init, initargs=(state,)
-    )
+def _chunks(items: list[Any], n: int) -> list[list[int]]:
+    """Item positions split into about 4 chunks per worker, dealt round-robin in order, so
+    the first (largest) items start first and every worker gets a mix: `state` is sent
+    once per chunk rather than once per item."""
+    count = max(1, min(len(items), 4 * n))
+    return [list(range(i, len(items), count)) for i in range(count)]
 
 
 def run_tasks(
@@ -289,7 +276,7 @@ def run_tasks(
         why = f"small job: {len(items)} tasks, {rows} rows"
     if why is None:
         log.info("%s: %d tasks on %d worker processes", what, len(items), n)
-        failed = _run_in_pool(task, state, left, done=done, workers=n)
+        failed = _run_in_pool(task, state, items, left, done=done, workers=n)
         if failed is None:
             return
         log.warning("%s: %s; running the %d remaining tasks in-process", what, failed, len(left))
@@ -306,6 +293,7 @@ def run_tasks(
 def _run_in_pool(
     task: Callable[[Any, Any], Any],
     state: Any,
+    items: list[Any],
     left: dict[int, Any],
     *,
     done: Callable[[Any, Any], None],
@@ -313,24 +301,25 @@ def _run_in_pool(
 ) -> str | None:
     """Run the tasks in `left` on worker processes, removing each when done; None when all
     ran, else why the pool failed (the tasks still in `left` did not run)."""
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
     try:
-        pool = _process_pool(workers, state)
-    except Exception as exc:
+        pool = _executor(workers)
+        chunks = _chunks(items, workers)
+        futures = {
+            pool.submit(_run_chunk, task, state, [items[i] for i in chunk]): chunk
+            for chunk in chunks
+        }
+    except Exception as exc:  # noqa: BLE001 - e.g. `state` does not pickle
         return f"cannot start worker processes: {exc!r}"
     try:
-        try:
-            futures = {pool.submit(_worker_call, task, item): i for i, item in left.items()}
-        except Exception as exc:  # e.g. in a daemonic process, or `state` does not pickle
-            return f"cannot start worker processes: {exc!r}"
-        try:
-            for future in as_completed(futures):
-                i = futures[future]
-                result = future.result()  # a task's own error propagates as it is
-                done(left.pop(i), result)
-        except BrokenProcessPool as exc:  # a worker failed to start or died
-            return f"worker processes failed: {exc!r}"
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for future in as_completed(futures):
+            for i, result in zip(futures[future], future.result(), strict=True):
+                done(left.pop(i), result)  # a task's own error propagates as it is
+    except (BrokenProcessPool, TerminatedWorkerError) as exc:  # a worker died
+        for future in futures:
+            future.cancel()
+        return f"worker processes failed: {exc!r}"
     return None
 
 

@@ -28,6 +28,15 @@ def test_dags_folder_parses_without_import_errors(bag):
     assert list(bag.dags) == ["customer_segmentation"]
 
 
+def test_one_task_per_step_of_the_pipeline(bag):
+    """The DAG is a runner of `custseg.pipeline.STEPS`: one task per step, in step order."""
+    from custseg.pipeline import STEPS
+
+    dag = bag.dags["customer_segmentation"]
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order == [s.task_id for s in STEPS]
+
+
 def test_seed_task_ids_run_in_order_with_the_mapped_sweep_between(bag):
     dag = bag.dags["customer_segmentation"]
     order = [t.task_id for t in dag.topological_sort()]
@@ -37,7 +46,8 @@ def test_seed_task_ids_run_in_order_with_the_mapped_sweep_between(bag):
         "plan_sweep_task", "build_save_model_task"}  # fmt: skip
     assert dag.task_dict["plan_sweep_task"].downstream_task_ids == {"sweep_k_task"}
     assert dag.task_dict["sweep_k_task"].downstream_task_ids == {"build_save_model_task"}
-    assert dag.task_dict["build_save_model_task"].downstream_task_ids == {"load_model_task"}
+    assert dag.task_dict["build_save_model_task"].downstream_task_ids == {"align_segments_task"}
+    assert dag.task_dict["align_segments_task"].downstream_task_ids == {"load_model_task"}
     assert dag.task_dict["load_model_task"].downstream_task_ids == set()
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
@@ -49,21 +59,21 @@ def test_dag_settings_and_docs(bag):
     assert dag.schedule is None and dag.catchup is False and "custseg" in dag.tags
     assert "load_data_task" in dag.doc_md and "latest.json" in dag.doc_md
     for task in dag.tasks:
-        assert task.retries >= 1, task.task_id
+        assert task.retries == 2, task.task_id  # as the README says
         assert task.doc_md and task.doc_md.lstrip().startswith("**"), task.task_id
     outlets = dag.task_dict["load_model_task"].outlets
     assert [a.name for a in outlets] == ["customer_segmentation_model"]
 
 
 def test_param_defaults_are_valid_and_point_at_the_bundled_sample(bag):
-    from custseg.config import SELECTIONS, PipelineConfig
+    from custseg.options import SELECTIONS, PipelineConfig
     from custseg.orchestration import request_from_params
 
     dag = bag.dags["customer_segmentation"]
     params = dag.params.validate()  # raises ParamValidationError on a bad default
     assert params["k_min"] == 1 and params["k_max"] == 50 and params["sweep_batches"] == 1
-    assert params["selection"] == PipelineConfig().select
-    assert dag.params.get_param("selection").schema["enum"] == list(SELECTIONS)
+    assert params["select"] == PipelineConfig().select
+    assert dag.params.get_param("select").schema["enum"] == list(SELECTIONS)
     for name, param in dag.params.items():
         schema = param.schema
         assert schema.get("type") and schema.get("title") and schema.get("section"), name
@@ -73,12 +83,27 @@ def test_param_defaults_are_valid_and_point_at_the_bundled_sample(bag):
     assert req.test_path == str(ROOT / "data" / "sample" / "test.csv")
 
 
+def test_params_are_the_option_spec(bag):
+    """Every option the spec gives the DAG is a Param with the spec's default and bounds, and
+    every Param is an option: the trigger form and the CLI cannot drift apart again."""
+    from custseg.options import DAG, all_options
+
+    dag = bag.dags["customer_segmentation"]
+    options = all_options(DAG)
+    assert set(dag.params) == set(options)
+    assert {"n_init", "sample_size", "select", "k_max"} <= set(dag.params)
+    assert dag.params.get_param("k_max").schema["maximum"] == 200
+    assert dag.params.get_param("n_init").value == options["n_init"][1] == 10
+    assert dag.params.get_param("sample_size").schema["type"] == ["null", "integer"]
+
+
 def test_bad_param_values_are_rejected_by_the_schema(bag):
     from airflow.sdk.exceptions import ParamValidationError
 
     dag = bag.dags["customer_segmentation"]
     for bad in ({"k_min": "x"}, {"scaler": "log"}, {"sweep_batches": 0},
-                {"sweep_batches": 51}, {"features": []}):  # fmt: skip
+                {"sweep_batches": 51}, {"features": []}, {"k_max": 201},
+                {"n_init": 0}, {"sample_size": 50}):  # fmt: skip
         name, value = next(iter(bad.items()))
         with pytest.raises(ParamValidationError):
             dag.params.get_param(name).resolve(value)

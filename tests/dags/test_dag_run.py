@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
 
-from custseg.artifacts import safe_run_id
-from custseg.config import PipelineConfig
+from custseg.options import PipelineConfig
 from custseg.pipeline import run_pipeline
+from custseg.rundir import safe_run_id
+from tests.helpers import comparable
 
 pytestmark = pytest.mark.airflow
 
@@ -28,16 +31,6 @@ def run_dag(dag, **conf):
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags[dag.dag_id]
     dr = dag.test(run_conf=conf)
     return dr, {ti.task_id: ti for ti in dr.get_task_instances()}
-
-
-def comparable(metrics: dict) -> dict:
-    """metrics.json without what differs between two runs of the same data and seed."""
-    # segment_alignment names the previously promoted run of the same artifacts root
-    out = {k: v for k, v in metrics.items()
-           if k not in ("run_id", "created_at", "segment_alignment")}  # fmt: skip
-    if out.get("predictions"):
-        out["predictions"] = {k: v for k, v in out["predictions"].items() if k != "path"}
-    return out
 
 
 def cli_metrics(out: Path, config: PipelineConfig, input_path: Path, test_path: Path | None):
@@ -61,8 +54,16 @@ def sample_runs(dag, tmp_base):
         dr, tis = run_dag(dag, **conf, sweep_batches=batches)
         assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
         runs[batches] = (dr, tis, latest(root))
-    cli, _ = cli_metrics(tmp_base / "sample-cli", PipelineConfig(k_max=6),
-                         SAMPLE / "customers.csv", SAMPLE / "test.csv")  # fmt: skip
+    # the CLI's runs into one root mirror the DAG's: the second aligns to the first
+    cli = [
+        cli_metrics(
+            tmp_base / "sample-cli",
+            PipelineConfig(k_max=6),
+            SAMPLE / "customers.csv",
+            SAMPLE / "test.csv",
+        )[0]
+        for _ in range(2)
+    ]
     return root, runs, cli
 
 
@@ -73,10 +74,12 @@ def test_dag_run_writes_the_artifacts_and_matches_the_cli(sample_runs):
     assert promoted == {"run_id": safe_run_id(dr.run_id), "run_dir": str(run_dir)}
     assert ARTIFACT_FILES <= {p.name for p in run_dir.iterdir()}
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert comparable(metrics) == comparable(cli)
+    assert metrics["segment_alignment"] is None and metrics["reference_run_id"] is None
+    assert comparable(metrics) == comparable(cli[0])
     assert metrics["k_range"] == [1, 6] and metrics["predictions"]["n_rows"] == 25
-    assert set(tis) >= {"load_data_task", "data_preprocessing_task", "plan_sweep_task",
-                        "sweep_k_task", "build_save_model_task", "load_model_task"}  # fmt: skip
+    assert set(tis) == {"load_data_task", "data_preprocessing_task", "plan_sweep_task",
+                        "sweep_k_task", "build_save_model_task", "align_segments_task",
+                        "load_model_task"}  # fmt: skip
     assert all(ti.state == "success" for ti in tis.values())
 
 
@@ -87,7 +90,12 @@ def test_three_sweep_batches_give_identical_metrics(sample_runs):
     assert sorted(ti.map_index for ti in mapped) == [0, 1, 2]
     assert sorted(ti.rendered_map_index for ti in mapped) == ["k=1..2", "k=3..4", "k=5..6"]
     metrics = json.loads((Path(promoted["run_dir"]) / "metrics.json").read_text())
-    assert comparable(metrics) == comparable(cli)
+    # aligned to the first DAG run, recorded when this run started; compared with the CLI's
+    # second run, which aligned to the CLI's first
+    assert metrics["reference_run_id"] == runs[1][2]["run_id"]
+    assert metrics["segment_alignment"]["aligned"] is True
+    assert metrics["segment_alignment"]["kept_ids"] == metrics["chosen_k"]
+    assert comparable(metrics) == comparable(cli[1])
     assert promoted["run_id"] == safe_run_id(dr3.run_id)  # promoted by the later run
 
 
@@ -155,11 +163,18 @@ def test_k_min_above_k_max_fails_the_first_task(dag, sample_runs, capfd):
     assert "k_min=8 > k_max=3" in text
 
 
+def test_an_unknown_conf_key_fails_at_load_naming_the_option(dag, sample_runs, capfd):
+    root, _, _ = sample_runs
+    text = _failed_at_load(dag, capfd, {"kmax": 5, "artifacts_root": str(root)}, root)
+    assert "unknown option 'kmax': did you mean k_max?" in text
+
+
 def test_a_path_outside_the_allowed_roots_is_rejected(dag, sample_runs, capfd):
     root, _, _ = sample_runs
     escape = str(ROOT / ".." / ".." / "etc" / "passwd")
     text = _failed_at_load(dag, capfd, {"input_path": escape, "artifacts_root": str(root)}, root)
     assert "outside the allowed roots" in text and "etc/passwd" in text
-    text = _failed_at_load(dag, capfd, {"artifacts_root": "/var/tmp/custseg-x"}, root)
-    assert "artifacts_root '/var/tmp/custseg-x'" in text
-    assert not Path("/var/tmp/custseg-x").exists()
+    outside = Path(tempfile.gettempdir()) / f"custseg-outside-{uuid.uuid4().hex[:8]}"
+    text = _failed_at_load(dag, capfd, {"artifacts_root": str(outside)}, root)
+    assert f"artifacts_root '{outside}'" in text
+    assert not outside.exists()

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from custseg import artifacts, storage
-from custseg.config import PipelineConfig
+from custseg import storage
+from custseg.options import PipelineConfig
 from custseg.pipeline import run_pipeline
+from custseg.rundir import ArtifactStore
 from tests.dags.test_dag_run import run_dag
+from tests.helpers import comparable
 from tests.s3_server import moto_s3, use_endpoint
 
 pytestmark = pytest.mark.airflow
@@ -29,24 +31,25 @@ def test_dag_on_s3_matches_local_run(dag, tmp_path, monkeypatch):
 
         bucket = f"custseg-{uuid.uuid4().hex[:8]}"
         fsspec.filesystem("s3", endpoint_url=endpoint).mkdir(bucket)
-        root = f"s3://{bucket}"
-        monkeypatch.setenv("CUSTSEG_ALLOWED_ROOTS", os.pathsep.join([str(ROOT), f"{root}/"]))
+        root = f"s3://{bucket}/custseg"
+        # the allowed root is the artifacts root itself, as the README's S3 deployment has it
+        monkeypatch.setenv("CUSTSEG_ALLOWED_ROOTS", os.pathsep.join([str(ROOT), root]))
         for name in ("customers.csv", "test.csv"):
             storage.write_bytes(f"{root}/in/{name}", (SAMPLE / name).read_bytes())
-        out = f"{root}/artifacts"
+        out = root
         dr, tis = run_dag(dag, input_path=f"{root}/in/customers.csv",
                           test_path=f"{root}/in/test.csv", k_max=5, artifacts_root=out,
                           sweep_batches=2)  # fmt: skip
         assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
-        latest = artifacts.read_latest(out)
-        assert latest["run_dir"].startswith(f"{out}/runs/")
+        latest = ArtifactStore(out).latest()
+        assert latest.uri.startswith(f"{out}/runs/")
         for name in ("model.skops", "report.html", "predictions.csv"):
-            assert storage.exists(storage.join(latest["run_dir"], name)), name
-        metrics = artifacts.read_json(storage.join(latest["run_dir"], "metrics.json"))
+            assert latest.exists(name), name
+        metrics = latest.metrics()
     local = run_pipeline(
         PipelineConfig(k_max=5), input_path=str(SAMPLE / "customers.csv"),
         test_path=str(SAMPLE / "test.csv"), out=str(tmp_path / "local"),
     )  # fmt: skip
     expected = json.loads((Path(local["run_dir"]) / "metrics.json").read_text())
     assert metrics["input"] == f"{root}/in/customers.csv"
-    assert artifacts.comparable_metrics(metrics) == artifacts.comparable_metrics(expected)
+    assert comparable(metrics) == comparable(expected)

@@ -8,15 +8,18 @@ import logging
 
 import pytest
 
-from custseg.artifacts import safe_run_id
-from custseg.config import PipelineConfig
 from custseg.generate import generate_customers, write_table
-from tests.dags.test_dag_run import cli_metrics, comparable, run_dag
+from custseg.options import PipelineConfig
+from custseg.rundir import safe_run_id
+from tests.dags.test_dag_run import cli_metrics, run_dag
+from tests.helpers import comparable
 
 pytestmark = pytest.mark.airflow
 
 
-def test_dag_tasks_use_worker_processes_and_match_the_cli(dag, tmp_base, caplog):
+def test_dag_tasks_use_worker_processes_and_match_the_cli(dag, tmp_base, caplog, monkeypatch):
+    # the worker count follows the usable cores: pin it so the log lines do not depend on them
+    monkeypatch.setattr("custseg.sweep.default_workers", lambda: 2)
     src = tmp_base / "workers.csv"
     write_table(generate_customers(2_000, segments=4, seed=5), str(src))
     root = tmp_base / "workers"

@@ -120,9 +120,10 @@ def test_dag_runs_on_celery_cluster(tmp_path, postgres_db, redis_queue, sample_c
                                     sample_test_csv):  # fmt: skip
     from cryptography.fernet import Fernet
 
-    from custseg import artifacts
-    from custseg.config import PipelineConfig
+    from custseg.options import PipelineConfig
     from custseg.pipeline import run_pipeline
+    from custseg.rundir import safe_run_id
+    from tests.helpers import comparable
 
     home = tmp_path / "airflow"
     hooks = tmp_path / "hooks"
@@ -209,7 +210,7 @@ def test_dag_runs_on_celery_cluster(tmp_path, postgres_db, redis_queue, sample_c
 
     latest = json.loads((artifacts_root / "latest.json").read_text())
     run_dir = Path(latest["run_dir"].removeprefix("file://"))
-    assert run_dir.name.startswith(artifacts.safe_run_id(run_id))  # -try<n> after a retry
+    assert run_dir.name.startswith(safe_run_id(run_id))  # -try<n> after a retry
     assert (run_dir / "model.skops").exists()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     embedded = run_pipeline(
@@ -217,6 +218,6 @@ def test_dag_runs_on_celery_cluster(tmp_path, postgres_db, redis_queue, sample_c
         test_path=str(sample_test_csv), out=str(tmp_path / "embedded"), run_id="embedded",
     )  # fmt: skip
     expected = json.loads((Path(embedded["run_dir"]) / "metrics.json").read_text())
-    assert artifacts.comparable_metrics(metrics) == artifacts.comparable_metrics(expected)
+    assert comparable(metrics) == comparable(expected)
     assert metrics["k_range"] == [1, K_MAX]
     assert metrics["chosen_k"] == expected["chosen_k"]
