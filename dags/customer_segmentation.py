@@ -49,8 +49,9 @@ The pipeline is one list of steps (`custseg.pipeline.STEPS`); this DAG runs one 
 4. **sweep_k_task** (mapped) - SSE and criteria for each k of one batch.
 5. **build_save_model_task** - chooses k and fits the final model at that k on every row.
 6. **align_segments_task** - keeps the segment ids of the run that was promoted when this
-   run started (recorded then), and profiles the segments.
-7. **load_model_task** - reloads the saved model, scores the test customers, writes
+   run started (recorded then); saves the model and the assignments.
+7. **profile_segments_task** - each segment's size, share, centroid, means and label.
+8. **load_model_task** - reloads the saved model, scores the test customers, writes
    `metrics.json` and `report.html`, and only then replaces `ARTIFACTS/latest.json`; it emits
    the `customer_segmentation_model` asset event with the run's model path in `extra`.
 
@@ -125,20 +126,28 @@ def customer_segmentation():
     @task
     def align_segments_task(fitted):
         """**Align segment ids.** Renumbers the segments so that those matching the run
-        promoted when this run started keep their ids; saves the model (skops), the
-        assignments and the segment profile."""
+        promoted when this run started keep their ids; saves the model (skops) and the
+        assignments."""
         from custseg.orchestration import align_task
 
         return align_task(fitted["run_dir"])
 
+    @task
+    def profile_segments_task(aligned):
+        """**Profile.** Each segment's size, share, centroid, means and label; the segment
+        scatter plot. The task log ends with the segment table."""
+        from custseg.orchestration import profile_task
+
+        return profile_task(aligned["run_dir"])
+
     @task(outlets=[MODEL_ASSET])
-    def load_model_task(aligned, outlet_events=None):
+    def load_model_task(profiled, outlet_events=None):
         """**Load, predict, promote.** Reloads the saved model, scores the test customers,
         writes `metrics.json` and `report.html`, then replaces `latest.json` (only here) and
         emits the model asset event."""
         from custseg.orchestration import finish_task
 
-        summary = finish_task(aligned["run_dir"])
+        summary = finish_task(profiled["run_dir"])
         outlet_events[MODEL_ASSET].extra = {
             "run_id": summary["run_id"],
             "model": summary["model"],
@@ -151,7 +160,7 @@ def customer_segmentation():
     plan = plan_sweep_task(prepared)
     swept = sweep_k_task.expand_kwargs(plan)
     fitted = build_save_model_task(prepared, swept)
-    load_model_task(align_segments_task(fitted))
+    load_model_task(profile_segments_task(align_segments_task(fitted)))
 
 
 customer_segmentation()

@@ -213,7 +213,11 @@ class Stack:
 
 def wait_for(what: str, check: Any, *, timeout: float, interval: float = 2.0,
              stack: Stack | None = None) -> Any:  # fmt: skip
-    """Call `check()` until it returns something truthy; fail with `what` after `timeout`."""
+    """Call `check()` until it returns something truthy; fail with `what` after `timeout`.
+
+    Only transient errors (a refused connection while a server starts, a 502/503) are waited
+    out; anything else (a 401, a 500, a failed assertion) fails at once, with the logs.
+    """
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -221,7 +225,10 @@ def wait_for(what: str, check: Any, *, timeout: float, interval: float = 2.0,
             stack.check_alive()
         try:
             last = check()
-        except Exception as exc:  # noqa: BLE001 - servers refuse connections while starting
+        except Exception as exc:
+            if not is_transient(exc):
+                logs = stack.logs() if stack else ""
+                raise AssertionError(f"while waiting for {what}: {exc!r}\n{logs}") from exc
             last = exc
         else:
             if last:
@@ -230,6 +237,27 @@ def wait_for(what: str, check: Any, *, timeout: float, interval: float = 2.0,
     logs = stack.logs() if stack else ""
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})\n"
                        f"{logs}")  # fmt: skip
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A refused or dropped connection, a timeout, or a 502/503/504 while a server starts."""
+    import httpx
+
+    if isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError | CdpError):
+        return True
+    return isinstance(exc, HttpError) and exc.status in (502, 503, 504)
+
+
+class CdpError(RuntimeError):
+    """A DevTools command failed (e.g. evaluated while the page navigates): transient."""
+
+
+class HttpError(RuntimeError):
+    """A REST call answered with an HTTP error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # --------------------------------------------------------------------------- REST API v2
@@ -266,18 +294,27 @@ class AirflowApi:
         return self._token
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One REST call; a transient failure (see `is_transient`) is retried up to 3 times."""
         headers = {"Authorization": f"Bearer {self.token()}"}
-        res = self.http.request(method, path, headers=headers, **kwargs)
-        if res.status_code >= 400:
-            raise RuntimeError(f"{method} {path} -> {res.status_code}: {res.text[:500]}")
-        return res.json() if res.content else None
+        for attempt in range(4):
+            try:
+                res = self.http.request(method, path, headers=headers, **kwargs)
+                if res.status_code >= 400:
+                    raise HttpError(f"{method} {path} -> {res.status_code}: {res.text[:500]}",
+                                    res.status_code)  # fmt: skip
+                return res.json() if res.content else None
+            except Exception as exc:
+                if attempt == 3 or not is_transient(exc):
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def dag(self, dag_id: str) -> Any:
         """The DAG's details, or None while the dag-processor has not registered it."""
         try:
             return self.request("GET", f"/api/v2/dags/{dag_id}")
-        except RuntimeError as exc:
-            if "-> 404" in str(exc):
+        except HttpError as exc:
+            if exc.status == 404:
                 return None
             raise
 
@@ -292,6 +329,10 @@ class AirflowApi:
     def run(self, dag_id: str, run_id: str) -> Any:
         quoted = urllib.parse.quote(run_id, safe="")
         return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}")
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        """The run's state (queued, running, success, failed)."""
+        return str(self.run(dag_id, run_id)["state"])
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         quoted = urllib.parse.quote(run_id, safe="")
@@ -357,7 +398,7 @@ class Chromium:
             msg = json.loads(self._ws.recv(timeout=60))
             if msg.get("id") == self._id:
                 if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
+                    raise CdpError(f"{method}: {msg['error']}")
                 return dict(msg.get("result", {}))
 
     def set_cookie(self, url: str, name: str, value: str) -> None:

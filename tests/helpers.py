@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-RUN_SPECIFIC = ("run_id", "created_at", "input", "test", "reference_run_id")
+RUN_SPECIFIC = ("run_id", "created_at", "input", "test", "reference_run_id", "model_sha256")
 
 
 def comparable(metrics: dict[str, Any], *, keep_paths: bool = False) -> dict[str, Any]:
     """`metrics.json` without what differs between two runs of the same data, seed and
     reference: run id, time, where the input and predictions live, and which earlier run
-    the segment ids were aligned to (its ids and its matches are kept)."""
+    the segment ids were aligned to (its ids and its matches are kept), and the model file's
+    hash (skops names array members by object id, so equal models differ in bytes)."""
     drop = RUN_SPECIFIC[:2] + (() if keep_paths else RUN_SPECIFIC[2:4]) + RUN_SPECIFIC[4:]
     out = {k: v for k, v in metrics.items() if k not in drop}
     if out.get("predictions"):

@@ -28,9 +28,10 @@ def roots_env(monkeypatch, tmp_path):
     return home, art
 
 
-def test_default_roots_are_the_project_and_the_artifacts_root(roots_env):
+def test_default_roots_are_the_data_dir_and_the_artifacts_root(roots_env):
+    """Not the project directory: it may hold AIRFLOW_HOME (`make run`'s .airflow/)."""
     home, art = roots_env
-    assert allowed_roots(home) == (str(home.resolve()), str(art.resolve()))
+    assert allowed_roots(home) == (str((home / "data").resolve()), str(art.resolve()))
 
 
 def test_roots_come_from_the_environment(monkeypatch, tmp_path):

@@ -68,10 +68,13 @@ def write(path: Path, data: str | bytes) -> Path:
 
 
 def fails(capsys, base, input_path, *extra: str, words: tuple[str, ...]) -> str:
-    """Run, expect exit 2 with one `custseg: error:` line holding `words`; latest unchanged."""
+    """Run, expect exit 2 with one `custseg: error:` line holding `words`; latest unchanged and
+    no run directory left behind (validation passes before the run directory is created)."""
     _, out = base
     before = (out / "latest.json").read_bytes()
+    runs = sorted(p.name for p in (out / "runs").iterdir())
     rc, stdout, err = run_cli(capsys, "run", "--input", input_path, "--out", out, *FAST, *extra)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == runs
     assert rc == 2, err
     assert "Traceback" not in err and stdout == ""
     line = err.strip().splitlines()[-1]

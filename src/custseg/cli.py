@@ -7,6 +7,7 @@ stderr, no traceback), 1 an unexpected internal error (message and the log's pat
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -17,9 +18,16 @@ from typing import Any
 from custseg import __version__
 from custseg.errors import InputError
 from custseg.options import CLI, add_cli_options, cli_values, parse_request
+from custseg.sanitize import csv_bytes, printable
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 log = logging.getLogger("custseg")
+
+
+def say(text: object = "", *, file: Any = None) -> None:
+    """Print one line for the user, control characters escaped (names and paths come from
+    the user's files: an escape sequence in a header must not reach the terminal)."""
+    print(printable(text), file=file or sys.stdout)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +91,31 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     show.add_argument("--out", default="artifacts", help="artifacts root (OUT)")
+    show.add_argument("--run-id", help="show this run instead of the promoted one")
+
+    runs = sub.add_parser(
+        "runs",
+        help="list the runs of an artifacts root",
+        description="One line per run directory, oldest first: id, time, k, confidence, rows "
+        "used, and whether it is complete and promoted.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
+    )
+    runs.add_argument("--out", default="artifacts", help="artifacts root (OUT)")
+
+    gc = sub.add_parser(
+        "gc",
+        help="remove incomplete run directories (failed or killed runs)",
+        description="Remove run directories without a model or metrics.json whose newest file "
+        "is older than --older-than. Never removes the promoted run, a complete run or a run "
+        "still being written (recent files).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
+    )
+    gc.add_argument("--out", default="artifacts", help="artifacts root (OUT)")
+    gc.add_argument("--older-than", default="7d", type=_duration, metavar="AGE",
+                    help="age of the newest file: 30m, 12h, 7d or seconds")  # fmt: skip
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
 
     gen = sub.add_parser(
         "generate",
@@ -134,7 +167,7 @@ class _ConsoleFilter(logging.Filter):
 
 class _OneLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname}: {record.getMessage()}"
+        return f"{record.levelname}: {printable(record.getMessage())}"
 
 
 def _setup_logging(verbose: bool, log_file: Path | None) -> None:
@@ -192,9 +225,9 @@ def _record_internal_error(log_file: Path | None) -> Path:
 
 
 def _print_segments(segments: list[dict[str, Any]]) -> None:
-    print(f"  {'seg':>3}  {'size':>7}  {'share':>6}  label")
+    say(f"  {'seg':>3}  {'size':>7}  {'share':>6}  label")
     for s in segments:
-        print(f"  {s['segment']:>3}  {s['size']:>7}  {s['share'] * 100:5.1f}%  {s['label']}")
+        say(f"  {s['segment']:>3}  {s['size']:>7}  {s['share'] * 100:5.1f}%  {s['label']}")
 
 
 def _print_summary(run: Any, *, latest: str | None, seconds: float | None = None) -> None:
@@ -206,29 +239,77 @@ def _print_summary(run: Any, *, latest: str | None, seconds: float | None = None
     order = {r: i for i, r in enumerate(DROP_REASONS)}
     dropped = dict(sorted(metrics["n_rows_dropped"].items(), key=lambda kv: order.get(kv[0], 99)))
     took = f"  ({seconds}s)" if seconds is not None else ""
-    print(f"custseg run {metrics['run_id']}{took}")
-    print(f"rows: {metrics['n_rows_read']} read, {metrics['n_rows_used']} used, dropped: "
+    say(f"custseg run {metrics['run_id']}{took}")
+    say(f"rows: {metrics['n_rows_read']} read, {metrics['n_rows_used']} used, dropped: "
           + (", ".join(f"{v} {k}" for k, v in dropped.items()) or "none"))  # fmt: skip
-    print(f"features: {', '.join(metrics['features'])} (scaler: {metrics['scaler']})")
-    print(f"chosen k = {metrics['chosen_k']} by {metrics['selection']['method']}: "
+    say(f"features: {', '.join(metrics['features'])} (scaler: {metrics['scaler']})")
+    say(f"chosen k = {metrics['chosen_k']} by {metrics['selection']['method']}: "
           f"{metrics['selection']['reason']}")  # fmt: skip
     if "confidence" in metrics["selection"]:
         sel = metrics["selection"]
         picks = ", ".join(f"{c} {k}" for c, k in sel["picks"].items() if k is not None)
-        print(f"  confidence {sel['confidence']}; each criterion's pick: {picks}")
+        say(f"  confidence {sel['confidence']}; each criterion's pick: {picks}")
     _print_segments(metrics["segments"])
     for w in metrics["warnings"]:
-        print(f"warning: {w}")
+        say(f"warning: {w}")
     if metrics.get("predictions"):
         p = metrics["predictions"]
         far = p.get("n_out_of_range", 0)
         note = f" ({far} far outside the training range, see out_of_range)" if far else ""
-        print(f"predictions: {p['n_rows']} customers -> {p['path']}{note}")
-    print(f"artifacts: {run.uri}")
-    print(f"model: {run.path(MODEL)}")
-    print(f"report: {run.path(REPORT)}")
+        say(f"predictions: {p['n_rows']} customers -> {p['path']}{note}")
+    say(f"artifacts: {run.uri}")
+    say(f"model: {run.path(MODEL)}")
+    say(f"report: {run.path(REPORT)}")
     if latest:
-        print(f"latest: {latest}")
+        say(f"latest: {latest}")
+
+
+def storage_exists(uri: str) -> bool:
+    from custseg import storage
+
+    return storage.exists(uri)
+
+
+def _duration(text: str) -> float:
+    """Seconds of `30m`, `12h`, `7d` or a plain number of seconds."""
+    import re
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age such as 30m, 12h or 7d")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List the runs of an artifacts root."""
+    from custseg.rundir import ArtifactStore, list_runs
+
+    infos = list_runs(ArtifactStore(args.out))
+    if not infos:
+        raise InputError(f"{args.out}: no runs yet; run `custseg run --out {args.out}` first")
+    say(f"{'run id':<40} {'created':<25} {'k':>3} {'confidence':<10} {'rows':>9}  state")
+    for info in infos:
+        created = k = conf = rows = ""
+        if info.complete:
+            m = info.run.metrics()
+            created, k, rows = m["created_at"], m["chosen_k"], m["n_rows_used"]
+            conf = m["selection"].get("confidence", "")
+        state = "promoted" if info.promoted else ("complete" if info.complete else "incomplete")
+        say(f"{info.run.run_id:<40} {created:<25} {k:>3} {conf:<10} {rows:>9}  {state}")
+    return EXIT_OK
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Remove incomplete run directories."""
+    from custseg.rundir import ArtifactStore, collect_garbage
+
+    gone = collect_garbage(ArtifactStore(args.out), older_than=args.older_than,
+                           dry_run=args.dry_run)  # fmt: skip
+    verb = "would remove" if args.dry_run else "removed"
+    for info in gone:
+        say(f"{verb} {info.run.uri} (incomplete, last written {info.age_seconds / 3600:.1f} h ago)")
+    say(f"{verb} {len(gone)} incomplete run(s)")
+    return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -236,6 +317,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     from custseg.rundir import ArtifactStore
 
     store = ArtifactStore(args.out)
+    if args.run_id:
+        run = store.run(args.run_id)
+        if not storage_exists(run.uri):
+            raise InputError(f"{run.uri}: no such run; `custseg runs --out {args.out}` lists them")
+        _print_summary(run.check_complete(), latest=None)
+        return EXIT_OK
     promoted = store.latest()
     if promoted is None:
         raise InputError(
@@ -266,21 +353,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from custseg.rundir import resolve_run
 
     run = resolve_run(args.model)
-    model = run.load_model()
+    model = run.load_model(verify=True)
     info = run.metrics()
     summary = info if "feature_min" in info else run.prepared_summary()  # runs before 0.2
     pred = score_customers(model, args.input, summary=summary,
                            needed_by=f"the model in {run.uri}")  # fmt: skip
-    pred.to_csv(args.out, index=False)
+    Path(args.out).write_bytes(csv_bytes(pred))
     labels = {s["segment"]: s["label"] for s in info["segments"]}
     counts = pred["segment"].value_counts().sort_index()
-    print(f"model: {run.uri} (k={model_info(model).k})")
-    print(f"scored {len(pred)} customers -> {args.out}")
+    say(f"model: {run.uri} (k={model_info(model).k})")
+    say(f"scored {len(pred)} customers -> {args.out}")
     for seg, n in counts.items():
-        print(f"  segment {seg}: {n}  ({labels.get(int(seg), '')})")
+        say(f"  segment {seg}: {n}  ({labels.get(int(seg), '')})")
     far = int((pred["out_of_range"] != "").sum())
     if far:
-        print(f"warning: {far} customer(s) far outside the training range (see out_of_range)")
+        say(f"warning: {far} customer(s) far outside the training range (see out_of_range)")
     return EXIT_OK
 
 
@@ -294,37 +381,54 @@ def cmd_generate(args: argparse.Namespace) -> int:
         frame = frame.drop(columns=["segment"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_table(frame, args.out)
-    print(f"wrote {len(frame)} customers ({args.segments} segments) to {args.out} "
+    say(f"wrote {len(frame)} customers ({args.segments} segments) to {args.out} "
           f"in {time.perf_counter() - start:.1f}s")  # fmt: skip
     return EXIT_OK
 
 
+_DISK_ERRORS = {
+    errno.ENOSPC: "free space there or pass another --out",
+    errno.EDQUOT: "free space within your quota or pass another --out",
+    errno.EROFS: "the file system is read-only: pass another --out",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `custseg` command."""
+    logging.raiseExceptions = False  # a full disk: one line below, not a traceback per record
     parser = build_parser()
     log_file: Path | None = None
     try:
         args = parser.parse_args(argv)
         log_file = _log_file(args)
         _setup_logging(args.verbose, log_file)
-        handler = {"run": cmd_run, "predict": cmd_predict, "show": cmd_show,
-                   "generate": cmd_generate}  # fmt: skip
+        handler = {"run": cmd_run, "predict": cmd_predict, "show": cmd_show, "runs": cmd_runs,
+                   "gc": cmd_gc, "generate": cmd_generate}  # fmt: skip
         return handler[args.command](args)
     except InputError as exc:
         log.info("input error: %s", exc, extra={"console": False})
-        print(f"custseg: error: {exc}", file=sys.stderr)
+        say(f"custseg: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
-        print("custseg: interrupted", file=sys.stderr)
+        say("custseg: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # the reader of our output left (`custseg show | head -1`): the work is done, and the
         # rest of the output goes nowhere instead of failing again when Python flushes at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            where = _record_internal_error(log_file)
+            say(f"custseg: internal error: {type(exc).__name__}: {exc}; details in {where}",
+                file=sys.stderr)  # fmt: skip
+            return EXIT_INTERNAL
+        say(f"custseg: error: {exc.strerror} writing {exc.filename or 'a file'}: "
+            f"{_DISK_ERRORS[exc.errno]}", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERNAL
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         where = _record_internal_error(log_file)
-        print(f"custseg: internal error: {type(exc).__name__}: {exc}; details in {where}",
+        say(f"custseg: internal error: {type(exc).__name__}: {exc}; details in {where}",
               file=sys.stderr)  # fmt: skip
         return EXIT_INTERNAL
     finally:

@@ -9,7 +9,6 @@ silhouette on at most `SILHOUETTE_ROWS` rows, references of at most `GAP_ROWS` r
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 from collections import Counter
 from collections.abc import Iterable
@@ -18,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from custseg.sanitize import logger
 from custseg.select import Selection, elbow_k
 from custseg.sweep import SweepResult, make_kmeans, run_tasks, sweep_k
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 CRITERIA_K_MAX = 16
 """Criteria are computed for k <= 16: more segments are rarely actionable, the indices get

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pandas as pd
 
 from custseg.errors import InputError
+from custseg.sanitize import logger
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 MALL_CENTERS = np.array([[55, 50], [87, 82], [88, 17], [26, 79], [26, 20]], dtype=float)
 """Income (k$) and spending score of the five classic Mall segments."""

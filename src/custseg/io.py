@@ -14,7 +14,6 @@ import difflib
 import gzip
 import hashlib
 import io
-import logging
 import lzma
 import re
 import zipfile
@@ -29,8 +28,9 @@ import pandas as pd
 from custseg import storage
 from custseg.errors import InputError
 from custseg.options import DEFAULT_FEATURES
+from custseg.sanitize import logger
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 MISSING_TOKENS: tuple[str, ...] = (
     "", "?", "NA", "N/A", "na", "n/a", "NaN", "nan", "null", "NULL", "None", "none", "-",
@@ -41,6 +41,11 @@ _ALIASES = {"gender": "genre"}  # Mall Customers files use either name for the s
 HUGE = 1e100
 """Feature values this large (or infinite) are dropped: squaring them in K-Means overflows."""
 _HEAD_BYTES = 1 << 16
+MAX_HEADER_BYTES = 1 << 20
+"""A header line longer than 1 MiB (tens of thousands of columns) is refused with that reason."""
+MAX_DECOMPRESSED_BYTES = 8 << 30
+"""Compressed input is refused once its decompressed bytes pass this (8 GiB; override with
+`CUSTSEG_MAX_DECOMPRESSED_BYTES`), counted as they stream: a zip bomb cannot fill memory."""
 _MAX_REPORTED = 5
 
 _MAGIC = {
@@ -123,12 +128,20 @@ def resolve_column(
     if needed_by:
         raise InputError(
             f"{source}: column {wanted!r} not found, but {needed_by} needs it as a feature "
-            f"(columns: {columns}){hint}; add or rename the column"
+            f"(columns: {columns_excerpt(columns)}){hint}; add or rename the column"
         )
     raise InputError(
-        f"{source}: required column {wanted!r} not found (columns: {columns}){hint}; "
-        "rename the column or pass --features"
+        f"{source}: required column {wanted!r} not found (columns: {columns_excerpt(columns)})"
+        f"{hint}; rename the column or pass --features"
     )
+
+
+def columns_excerpt(columns: list[str], *, most: int = 12, width: int = 32) -> str:
+    """A short list of column names for a message: at most `most` names of at most `width`
+    characters each, so an error never quotes much of a file's content."""
+    names = [c if len(c) <= width else c[: width - 1] + "…" for c in columns[:most]]
+    more = f" and {len(columns) - most} more" if len(columns) > most else ""
+    return "[" + ", ".join(repr(n) for n in names) + "]" + more
 
 
 def find_id_column(columns: list[str]) -> str | None:
@@ -204,11 +217,31 @@ def _open_text_stream(uri: str, kind: str) -> IO[bytes]:
     raise InputError(f"{uri}: unsupported compression {kind!r}")
 
 
+def _max_decompressed() -> int:
+    import os
+
+    return int(os.environ.get("CUSTSEG_MAX_DECOMPRESSED_BYTES") or MAX_DECOMPRESSED_BYTES)
+
+
+def _read_capped(uri: str, stream: IO[bytes], kind: str) -> bytes:
+    """All of a decompressed stream, refused with one line once it passes the cap."""
+    limit, parts, total = _max_decompressed(), [], 0
+    while chunk := stream.read(1 << 24):
+        total += len(chunk)
+        if total > limit:
+            raise InputError(
+                f"{uri}: decompresses to more than {limit:,} bytes ({kind}); decompress it "
+                "yourself and pass the CSV, or raise CUSTSEG_MAX_DECOMPRESSED_BYTES"
+            )
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def read_text_bytes(uri: str, kind: str) -> bytes:
     """The whole decompressed CSV, without a UTF-8 BOM; a damaged archive is an `InputError`."""
     try:
         with _open_text_stream(uri, kind) as stream:
-            data = stream.read()
+            data = stream.read() if kind == "csv" else _read_capped(uri, stream, kind)
     except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as exc:
         if kind == "csv":
             raise
@@ -245,7 +278,7 @@ def _decode_head(uri: str, head: bytes) -> str:
             f"{uri}: looks binary (NUL bytes or a binary signature), not a CSV text file; "
             "export it as CSV (UTF-8) or Parquet"
         )
-    if len(head) == _HEAD_BYTES and b"\n" in head:
+    if len(head) >= _HEAD_BYTES and b"\n" in head:  # a prefix: keep whole lines only
         head = head[: head.rindex(b"\n") + 1]
     try:
         return head.decode("utf-8")
@@ -378,11 +411,34 @@ def _arrow_frame(table: Any, id_column: str | None) -> pd.DataFrame:
     return pd.DataFrame(columns, index=pd.RangeIndex(table.num_rows), copy=False)
 
 
-def _read_head(uri: str) -> bytes:
-    """The first `_HEAD_BYTES` of a plain local CSV, without a UTF-8 BOM."""
-    with storage.open_file(uri, "rb") as fh:
-        head = fh.read(_HEAD_BYTES + 3)
-    return head[3:] if head.startswith(b"\xef\xbb\xbf") else head[:_HEAD_BYTES]
+def read_head(uri: str, kind: str) -> bytes:
+    """The first lines of a CSV (decompressed, without a UTF-8 BOM): at least `_HEAD_BYTES`,
+    and the whole header line however long, up to `MAX_HEADER_BYTES`; a longer header line
+    is an `InputError` saying so. Only this much is decompressed, so a file that is not a
+    table is refused before the rest is read or hashed."""
+    try:
+        with _open_text_stream(uri, kind) as stream:
+            head = stream.read(_HEAD_BYTES + 3)
+            if head.startswith(b"\xef\xbb\xbf"):
+                head = head[3:]
+            while b"\n" not in head.lstrip(b"\r\n") and len(head) <= MAX_HEADER_BYTES:
+                more = stream.read(_HEAD_BYTES)
+                if not more:
+                    return head
+                head += more
+    except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as exc:
+        if kind == "csv":
+            raise
+        raise InputError(
+            f"{uri}: {kind} file is damaged or truncated ({exc}); compress or export it again"
+        ) from None
+    if b"\n" not in head.lstrip(b"\r\n") and len(head) > MAX_HEADER_BYTES:
+        _decode_head(uri, head[:_HEAD_BYTES])  # a binary file says so first
+        raise InputError(
+            f"{uri}: line 1 (the header) is longer than {MAX_HEADER_BYTES:,} bytes; a customer "
+            "table's header names its columns: export only the columns you need"
+        )
+    return head
 
 
 def _arrow_error(uri: str, exc: Exception, data: bytes, header: list[str]) -> InputError:
@@ -453,6 +509,9 @@ def load_customers(
     """
     uri = str(source)
     _check_path(uri)
+    kind = sniff_format(uri)
+    if kind != "parquet":  # a file that is no table is refused before it is hashed
+        _decode_head(uri, read_head(uri, kind))
     with ThreadPoolExecutor(max_workers=1) as hasher:
         # hashing runs beside the parse (hashlib releases the GIL): no extra pass at the end
         digest = hasher.submit(file_sha256, uri)
@@ -475,12 +534,12 @@ def _load(
     else:
         file_format = "csv" if kind == "csv" else f"csv+{kind}"
         streamed = kind == "csv" and not storage.is_remote(uri)
-        # a plain local CSV is parsed straight from the file; other inputs are decompressed
-        data: bytes | str = str(storage.local_path(uri)) if streamed else read_text_bytes(uri, kind)
-        head = _read_head(uri) if streamed else data[:_HEAD_BYTES]
+        head = read_head(uri, kind)
         if not head.strip():
             raise InputError(f"{uri}: file is empty (no header, no rows); export the table again")
         text = _decode_head(uri, head)
+        # a plain local CSV is parsed straight from the file; other inputs are decompressed
+        data: bytes | str = str(storage.local_path(uri)) if streamed else read_text_bytes(uri, kind)
         header, delimiter, header_line = _split_header(uri, text)
         _check_header(uri, header)
         if delimiter != ",":

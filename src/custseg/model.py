@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import zipfile
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +14,10 @@ import pandas as pd
 from custseg import storage
 from custseg.errors import InputError, UntrustedModelError
 from custseg.preprocess import distinct_rows, make_scaler
+from custseg.sanitize import logger
 from custseg.sweep import make_kmeans
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.pipeline.Pipeline",
@@ -88,11 +88,77 @@ def fit_segments(
     return pipeline
 
 
-def save_model(model: Any, uri: str) -> None:
-    """Write the fitted pipeline as a skops file."""
+def save_model(model: Any, uri: str) -> str:
+    """Write the fitted pipeline as a skops file; returns the file's SHA-256."""
+    import hashlib
+
     import skops.io as sio
 
-    storage.write_bytes(uri, sio.dumps(model))
+    data = sio.dumps(model)
+    storage.write_bytes(uri, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+MAX_MODEL_BYTES = 64 << 20
+MAX_SCHEMA_BYTES = 4 << 20
+MAX_FEATURES = 10_000
+MAX_ARRAY_ELEMENTS = 200 * MAX_FEATURES
+"""Bounds a model file must keep before anything in it is materialised: its size, every
+archive member's declared (uncompressed) size, the schema's, and every array's declared
+shape (at most k_max = 200 centers of at most 10,000 features). skops reads every member into
+memory before its own checks, so a crafted 65 KB file could otherwise claim gigabytes."""
+
+
+def _check_archive(uri: str, data: bytes) -> None:
+    """Refuse a model archive whose declared sizes or array shapes exceed the bounds."""
+    if len(data) > MAX_MODEL_BYTES:
+        raise InputError(f"{uri}: model file is {len(data):,} bytes, over the "
+                         f"{MAX_MODEL_BYTES:,}-byte limit; it is not a custseg model")  # fmt: skip
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        infos = archive.infolist()
+        total = sum(i.file_size for i in infos)
+        if total > MAX_MODEL_BYTES or len(infos) > 1000:
+            raise InputError(f"{uri}: model archive declares {total:,} bytes in {len(infos)} "
+                             "members, over the limits; it is not a custseg model")  # fmt: skip
+        for info in infos:
+            if info.filename == "schema.json" and info.file_size > MAX_SCHEMA_BYTES:
+                raise InputError(f"{uri}: model schema declares {info.file_size:,} bytes, over "
+                                 f"the {MAX_SCHEMA_BYTES:,}-byte limit")  # fmt: skip
+            if info.filename.endswith(".npy"):
+                _check_array_header(uri, archive, info)
+
+
+def _check_array_header(uri: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Read only an array's .npy header and check its shape and dtype."""
+    fmt = np.lib.format
+    with archive.open(info) as fh:
+        try:
+            version = fmt.read_magic(fh)
+            reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = reader(fh)
+        except ValueError as exc:
+            raise InputError(f"{uri}: model array {info.filename} is damaged ({exc})") from None
+    count = int(np.prod(shape, dtype=object))
+    if dtype.hasobject or count > MAX_ARRAY_ELEMENTS:
+        raise InputError(f"{uri}: model array {info.filename} declares shape {tuple(shape)} "
+                         f"of {dtype}, over the limits; it is not a custseg model")  # fmt: skip
+
+
+def _check_shapes(uri: str, model: Any) -> None:
+    """The loaded model's parts agree: k within bounds, centers of k rows by the model's
+    recorded features."""
+    from custseg.options import K_LIMIT
+
+    try:
+        kmeans = model[-1]
+        k, centers = int(kmeans.n_clusters), np.asarray(kmeans.cluster_centers_)
+        named = kmeans if model[0] == "passthrough" else model
+        n_features = len(named.feature_names_in_)
+    except (AttributeError, TypeError, IndexError, KeyError) as exc:
+        raise InputError(f"{uri}: not a custseg model ({exc!r}); retrain the model") from None
+    if not 1 <= k <= K_LIMIT or centers.shape != (k, n_features):
+        raise InputError(f"{uri}: model is inconsistent (k={k}, centers {centers.shape}, "
+                         f"{n_features} features); retrain the model")  # fmt: skip
 
 
 def _schema_types(data: bytes) -> set[str]:
@@ -122,14 +188,24 @@ def untrusted_types(data: bytes) -> list[str]:
     return sorted(t for t in declared if t not in TRUSTED_TYPES and t not in _PLAIN_TYPES)
 
 
-def load_model(uri: str) -> Any:
-    """Load a skops model, refusing any file that holds a type outside `TRUSTED_TYPES`."""
+def load_model(uri: str, *, sha256: str | None = None) -> Any:
+    """Load a skops model, refusing any file that holds a type outside `TRUSTED_TYPES`,
+    exceeds the size and shape bounds (checked before anything is materialised), or, with
+    `sha256`, is not the file its run recorded."""
+    import hashlib
+
     import skops.io as sio
 
     if not storage.exists(uri):
         raise InputError(f"{uri}: model file not found; run `custseg run` first or pass --model")
     data = storage.read_bytes(uri)
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise InputError(
+            f"{uri}: model file does not match its run (SHA-256 differs from metrics.json "
+            "model_sha256); it was replaced or damaged: restore it or rerun `custseg run`"
+        )
     try:
+        _check_archive(uri, data)
         bad = untrusted_types(data)
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
         raise InputError(f"{uri}: not a skops model file ({exc}); retrain the model") from None
@@ -138,7 +214,9 @@ def load_model(uri: str) -> Any:
             f"{uri}: refusing to load model: it contains untrusted types {bad}; "
             "only scikit-learn scalers, KMeans and Pipeline are allowed"
         )
-    return sio.loads(data, trusted=list(TRUSTED_TYPES))
+    model = sio.loads(data, trusted=list(TRUSTED_TYPES))
+    _check_shapes(uri, model)
+    return model
 
 
 @dataclass(frozen=True)

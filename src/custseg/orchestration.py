@@ -22,8 +22,9 @@ from typing import Any
 from custseg.errors import InputError
 from custseg.options import RunRequest
 from custseg.rundir import RunDir
+from custseg.sanitize import logger
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 ENV_HOME = "CUSTSEG_HOME"
 ENV_ARTIFACTS = "CUSTSEG_ARTIFACTS_ROOT"
@@ -58,10 +59,11 @@ def latest_uri(artifacts_root: str) -> str:
 
 def allowed_roots(home: str | os.PathLike[str]) -> tuple[str, ...]:
     """Where params may point: `$CUSTSEG_ALLOWED_ROOTS` (os.pathsep-separated), else the
-    project directory and the default artifacts root."""
+    project's data directory and the default artifacts root: data, never configuration (the
+    project directory may hold AIRFLOW_HOME and its secrets)."""
     roots = _split_roots(os.environ.get(ENV_ALLOWED, ""))
     if not roots:
-        roots = [str(home), default_artifacts_root(home)]
+        roots = [str(Path(home) / "data"), default_artifacts_root(home)]
     return tuple(_normalise_root(r, home) for r in roots)
 
 
@@ -111,9 +113,13 @@ def confine_path(
             for r in roots
         )
     else:
+        if "\x00" in text:
+            raise InputError(f"{what} contains a NUL byte: give a plain path")
         local = storage.local_path(text)
         resolved = str((Path(home) / local if not local.is_absolute() else local).resolve())
         inside = any(not storage.is_remote(r) and Path(resolved).is_relative_to(r) for r in roots)
+        if inside:
+            _refuse_configuration(resolved, roots, what)
     if not inside:
         raise InputError(
             f"{what} {text!r} resolves to {resolved}, outside the allowed roots "
@@ -121,6 +127,36 @@ def confine_path(
             f"{ENV_ALLOWED} (separated by {os.pathsep!r})"
         )
     return resolved
+
+
+def _refuse_configuration(resolved: str, roots: Sequence[str], what: str) -> None:
+    """Refuse a path under AIRFLOW_HOME or under a dot-directory (`.airflow`, `.ssh`, ...)
+    unless an allowed root itself lies inside that directory: its secrets (airflow.cfg,
+    the password file) must not become a trigger form's input."""
+    path = Path(resolved)
+    mine = [Path(r) for r in roots if not _is_uri(r) and path.is_relative_to(r)]
+    airflow_home = os.environ.get("AIRFLOW_HOME")
+    if airflow_home:
+        home = Path(airflow_home).resolve()
+        if path.is_relative_to(home) and not any(r.is_relative_to(home) and r != home
+                                                 for r in mine):  # fmt: skip
+            raise InputError(
+                f"{what} {resolved!r} lies in AIRFLOW_HOME ({home}), which holds Airflow's "
+                f"configuration and secrets; put data elsewhere or name a folder inside it "
+                f"explicitly in {ENV_ALLOWED}"
+            )
+    for root in mine:
+        hidden = [p for p in path.relative_to(root).parts[:-1] if p.startswith(".")]
+        if hidden:
+            raise InputError(
+                f"{what} {resolved!r} lies in the hidden directory {hidden[0]!r} under "
+                f"{root}; hidden directories hold configuration, not data: name it "
+                f"explicitly in {ENV_ALLOWED} if it is really data"
+            )
+
+
+def _is_uri(text: str) -> bool:
+    return "://" in text and not text.startswith("file://")
 
 
 def _roots_text(roots: Sequence[str]) -> str:
@@ -204,16 +240,23 @@ LOAD: dict[str, Callable[[RunDir], Any]] = {
     "fitted": RunDir.load_fit,
     "fit_info": RunDir.fit_info,
     "segments": lambda run: _saved_segments(run),
+    "alignment": lambda run: run.segments_info()["alignment"],
+    "profile": lambda run: _saved_profile(run),
 }
-"""How each value of `custseg.pipeline.STEPS` travels between tasks. `segments` is read back
-from the artifacts `write_align` wrote, so it needs no hand-off file of its own."""
+"""How each value of `custseg.pipeline.STEPS` travels between tasks. `segments` and
+`profile` are read back from the artifacts their steps wrote: no hand-off file of their own."""
 
 
 def _saved_segments(run: RunDir) -> Any:
     from custseg.pipeline import Segments
 
-    info = run.segments_info()
-    return Segments(run.load_model(), None, info["alignment"], run.load_profile())
+    return Segments(run.load_model(), run.load_labels(), run.segments_info()["alignment"])
+
+
+def _saved_profile(run: RunDir) -> Any:
+    from custseg.pipeline import Profile
+
+    return Profile(run.load_profile())
 
 
 def run_step(name: str, run_dir: str, *, ks: Sequence[int] | None = None) -> Any:
@@ -238,7 +281,8 @@ def run_step(name: str, run_dir: str, *, ks: Sequence[int] | None = None) -> Any
         inputs = {n: LOAD[n](run) for n in step.needs}
         value = step.compute(ctx, **inputs)
         if step.write is not None:
-            step.write(ctx, value, **{n: inputs[n] for n in step.write_needs})
+            extra = {n: inputs[n] if n in inputs else LOAD[n](run) for n in step.write_needs}
+            step.write(ctx, value, **extra)
         if name in SAVE:
             SAVE[name](run, value)
     return value
@@ -294,6 +338,7 @@ def run_staged(
         run_step("sweep", run.uri, ks=ks)
     run_step("fitted", run.uri)
     run_step("segments", run.uri)
+    run_step("profile", run.uri)
     return run_step("summary", run.uri)
 
 
@@ -329,20 +374,29 @@ def fit_task(run_dir: str) -> dict[str, Any]:
 
 
 def align_task(run_dir: str) -> dict[str, Any]:
-    """Align segment ids to the run's recorded reference; save model and profile."""
+    """Align segment ids to the run's recorded reference; save model and assignments."""
     segments = run_step("segments", run_dir)
     aligned = bool(segments.alignment and segments.alignment.get("aligned"))
     return {"run_dir": run_dir, "aligned": aligned}
 
 
+def profile_task(run_dir: str) -> dict[str, Any]:
+    """Profile the segments; log the segment table."""
+    table = run_step("profile", run_dir).table
+    for row in table.itertuples():
+        log.info("segment %d: %d customers (%.1f%%), %s", row.segment, row.size,
+                 100 * row.share, row.label)  # fmt: skip
+    return {"run_dir": run_dir, "k": len(table)}
+
+
 def finish_task(run_dir: str) -> dict[str, Any]:
     """Reload the saved model, score the test customers, write metrics/report, promote."""
-    from custseg.rundir import MODEL, run_at
+    from custseg.rundir import METRICS, MODEL, PREDICTIONS, REPORT, run_at
 
     summary = run_step("summary", run_dir)
     run = run_at(run_dir)
     log.info("run %s: k=%d (%s)", summary["run_id"], summary["chosen_k"], summary["reason"])
-    for name in ("model.skops", "metrics.json", "report.html", "predictions.csv"):
+    for name in (MODEL, METRICS, REPORT, PREDICTIONS):
         if run.exists(name):
             log.info("artifact: %s", run.path(name))
     log.info("promoted: %s", summary["latest"])
@@ -368,6 +422,7 @@ __all__ = [
     "load_task",
     "plan_task",
     "preprocess_task",
+    "profile_task",
     "project_home",
     "request_from_params",
     "run_staged",

@@ -13,7 +13,6 @@ same artifacts for the same input and seed.
 
 from __future__ import annotations
 
-import logging
 import platform
 import threading
 import time
@@ -27,7 +26,16 @@ import numpy as np
 from custseg import __version__
 from custseg.errors import InputError
 from custseg.options import PipelineConfig, RunRequest
-from custseg.rundir import ArtifactStore, RunDir, RunRecord
+from custseg.rundir import (
+    ELBOW_PNG,
+    SEGMENTS_PNG,
+    SELECTION_PNG,
+    SSE,
+    ArtifactStore,
+    RunDir,
+    RunRecord,
+)
+from custseg.sanitize import csv_bytes, logger
 from custseg.sweep import Progress, start_workers
 
 if TYPE_CHECKING:
@@ -38,7 +46,7 @@ if TYPE_CHECKING:
     from custseg.select import Selection
     from custseg.sweep import SweepResult
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 
 # -- what the steps make -------------------------------------------------------------------
@@ -109,12 +117,18 @@ class Fitted:
 
 @dataclass(frozen=True)
 class Segments:
-    """The final model with its segment ids aligned to the reference run, and its profile."""
+    """The final model and each customer's segment, ids aligned to the reference run."""
 
     model: Any
-    labels: np.ndarray | None
+    labels: np.ndarray
     alignment: dict[str, Any] | None
-    profile: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One row per segment (size, share, label, centroid and means) and the scatter plot."""
+
+    table: pd.DataFrame
     plot: bytes = b""
 
 
@@ -254,24 +268,22 @@ def write_fit(ctx: Context, fitted: Fitted) -> None:
     import pandas as pd
 
     from custseg.report import elbow_png, selection_png
-    from custseg.rundir import SSE
 
     run, sw, sel = _run(ctx), fitted.sweep, fitted.selection
     frame = pd.DataFrame({"k": sw.ks, "sse": sw.sse})
-    run.write_bytes(SSE, frame.to_csv(index=False, float_format="%.10g").encode())
+    run.write_bytes(SSE, csv_bytes(frame, float_format="%.10g"))
     knee = sel.details.get("knee")
-    run.write_bytes("elbow.png", elbow_png(list(sw.ks), list(sw.sse), chosen_k=sel.chosen_k,
-                                           knee=knee))  # fmt: skip
+    run.write_bytes(ELBOW_PNG, elbow_png(list(sw.ks), list(sw.sse), chosen_k=sel.chosen_k,
+                                         knee=knee))  # fmt: skip
     if sel.method == "auto":
-        run.write_bytes("selection.png", selection_png(sel.to_dict()))
+        run.write_bytes(SELECTION_PNG, selection_png(sel.to_dict()))
 
 
-def align(ctx: Context, prepared: PreparedData, fitted: Fitted) -> Segments:
-    """Renumber the segments so that those matching the reference run's keep their ids, then
-    profile them. The reference is the promoted run recorded when this run started, so a
-    retry or a concurrent run cannot change it."""
+def align(ctx: Context, fitted: Fitted) -> Segments:
+    """Renumber the segments so that those matching the reference run's keep their ids. The
+    reference is the promoted run recorded when this run started, so a retry or a concurrent
+    run cannot change it."""
     from custseg.model import align_segments, model_info, renumbered
-    from custseg.report import profile_segments, segments_png
 
     model, labels = fitted.model, fitted.labels
     alignment = None
@@ -292,11 +304,7 @@ def align(ctx: Context, prepared: PreparedData, fitted: Fitted) -> Segments:
             log.info("segment ids aligned with %s: new cluster i -> id %s", reference.run_id,
                      list(found.order))  # fmt: skip
             alignment = {**base, "previous_k": old.k, "aligned": True, **found.to_dict()}
-    info = model_info(model)
-    profile = profile_segments(prepared.X, labels, info.centroids, prepared.features)
-    plot = segments_png(prepared.X, labels, info.centroids, prepared.features,
-                        list(profile["label"]), seed=ctx.config.seed)  # fmt: skip
-    return Segments(model, labels, alignment, profile, plot)
+    return Segments(model, labels, alignment)
 
 
 def _reference_info(run_dir: str) -> Any:
@@ -312,13 +320,30 @@ def _reference_info(run_dir: str) -> Any:
 
 
 def write_align(ctx: Context, segments: Segments, prepared: PreparedData) -> None:
-    """`model.skops`, `assignments.parquet`, `profile.csv`, `segments.png` and the alignment."""
+    """`model.skops`, `assignments.parquet` and the alignment decision."""
     run = _run(ctx)
     run.save_model(segments.model)
-    run.save_assignments(segments.labels, prepared.ids, prepared.id_column)
-    run.save_profile(segments.profile)
-    run.write_bytes("segments.png", segments.plot)
     run.save_segments_info({"alignment": segments.alignment})
+    run.save_assignments(segments.labels, prepared.ids, prepared.id_column)
+
+
+def profile(ctx: Context, prepared: PreparedData, segments: Segments) -> Profile:
+    """Each segment's size, share, centroid, means and label, and the scatter plot."""
+    from custseg.model import model_info
+    from custseg.report import profile_segments, segments_png
+
+    centroids = model_info(segments.model).centroids
+    table = profile_segments(prepared.X, segments.labels, centroids, prepared.features)
+    plot = segments_png(prepared.X, segments.labels, centroids, prepared.features,
+                        list(table["label"]), seed=ctx.config.seed)  # fmt: skip
+    return Profile(table, plot)
+
+
+def write_profile(ctx: Context, profile: Profile) -> None:
+    """`profile.csv` and `segments.png`."""
+    run = _run(ctx)
+    run.save_profile(profile.table)
+    run.write_bytes(SEGMENTS_PNG, profile.plot)
 
 
 def score_customers(
@@ -336,7 +361,9 @@ def score_customers(
                                 train_max=summary["feature_max"])  # fmt: skip
 
 
-def finish(ctx: Context, fit_info: dict[str, Any], segments: Segments) -> dict[str, Any]:
+def finish(
+    ctx: Context, fit_info: dict[str, Any], alignment: dict[str, Any] | None, profile: Profile
+) -> dict[str, Any]:
     """Reload the saved model, score the test customers, write metrics and report, promote.
 
     `latest.json` is replaced only here, as the very last step, so a run that fails anywhere
@@ -358,7 +385,7 @@ def finish(ctx: Context, fit_info: dict[str, Any], segments: Segments) -> dict[s
     test = ctx.request.test_path
     if test:
         pred = score_customers(model, test, summary=summary, needed_by="the model of this run")
-        run.write_bytes(PREDICTIONS, pred.to_csv(index=False).encode())
+        run.write_bytes(PREDICTIONS, csv_bytes(pred))
         predictions = _prediction_summary(pred, run.path(PREDICTIONS), test, warnings)
     sweep = fit_info["sweep"]
     metrics = {
@@ -372,7 +399,7 @@ def finish(ctx: Context, fit_info: dict[str, Any], segments: Segments) -> dict[s
         "final_sse": fit_info["final_sse"],
         "sample_size": sweep["n_rows"],
         "selection": fit_info["selection"],
-        "segment_alignment": segments.alignment,
+        "segment_alignment": alignment,
         "reference_run_id": None if record.reference is None else record.reference.run_id,
         "features": summary["features"],
         "feature_min": summary["feature_min"],
@@ -384,7 +411,8 @@ def finish(ctx: Context, fit_info: dict[str, Any], segments: Segments) -> dict[s
         "n_rows_used": summary["n_rows_used"],
         "n_rows_dropped": summary["n_rows_dropped"],
         "data_sha256": summary["data_sha256"],
-        "segments": segments.profile.to_dict(orient="records"),
+        "model_sha256": run.model_sha256(),
+        "segments": profile.table.to_dict(orient="records"),
         "predictions": predictions,
         "warnings": warnings,
         "versions": {
@@ -393,7 +421,7 @@ def finish(ctx: Context, fit_info: dict[str, Any], segments: Segments) -> dict[s
             "custseg": __version__,
         },  # fmt: skip
     }
-    run.write_bytes(REPORT, report_html(metrics, segments.profile, run.images()).encode())
+    run.write_bytes(REPORT, report_html(metrics, profile.table, run.images()).encode())
     run.save_metrics(metrics)
     latest = ctx.store.promote(run)
     return {"run_id": record.run_id, "run_dir": run.uri, "chosen_k": chosen_k,
@@ -453,15 +481,16 @@ STEPS: tuple[Step, ...] = (
     Step("plan", "plan_sweep_task", ("prepared",), plan),
     Step("sweep", "sweep_k_task", ("prepared", "plan"), sweep),
     Step("fitted", "build_save_model_task", ("prepared", "plan", "sweep"), fit, write_fit),
-    Step(
-        "segments", "align_segments_task", ("prepared", "fitted"), align, write_align, ("prepared",)
-    ),  # fmt: skip
-    Step("summary", "load_model_task", ("fit_info", "segments"), finish),
+    Step("segments", "align_segments_task", ("fitted",), align, write_align, ("prepared",)),
+    Step("profile", "profile_segments_task", ("prepared", "segments"), profile, write_profile),
+    Step("summary", "load_model_task", ("fit_info", "alignment", "profile"), finish),
 )
-"""The pipeline. A step is named after the value it makes; `fit_info` is `fitted` as JSON."""
+"""The pipeline. A step is named after the value it makes; `fit_info` is `fitted` as JSON
+and `alignment` the alignment decision of `segments`."""
 STEP = {s.name: s for s in STEPS}
 DERIVED: dict[str, Callable[[dict[str, Any]], Any]] = {
     "fit_info": lambda values: values["fitted"].to_dict(),
+    "alignment": lambda values: values["segments"].alignment,
 }
 """Values a runner that holds everything in memory derives from others."""
 CREATE_RUN_AFTER = "prepared"
@@ -473,6 +502,15 @@ CREATE_RUN_AFTER = "prepared"
 
 LATER_STACK: tuple[str, ...] = ("kneed", "skops.io", "matplotlib.figure")
 """Imported on a thread while the sweep runs: choosing k, saving and plotting need them."""
+
+
+def _start_importing_later_stack() -> None:
+    """Import `LATER_STACK` on a thread while this one sweeps. scikit-learn (and with it
+    scipy) is imported here first: two threads initialising one package at once fail."""
+    import sklearn.cluster  # noqa: F401
+    import sklearn.preprocessing  # noqa: F401
+
+    threading.Thread(target=_import_later_stack, name="custseg-imports", daemon=True).start()
 
 
 def _import_later_stack() -> None:
@@ -510,7 +548,7 @@ def run_in_memory(
                 del values["table"]
                 run = ctx.store.create_run(request, run_id=run_id)
                 ctx = Context(request=request, run=run, record=run.record(), progress=progress)
-                threading.Thread(target=_import_later_stack, daemon=True).start()
+                _start_importing_later_stack()
             if step.write is not None:
                 extra = {n: values[n] for n in step.write_needs}
                 pending.append(writer.submit(step.write, ctx, values[step.name], **extra))
@@ -538,6 +576,7 @@ __all__ = [
     "STEPS",
     "Context",
     "Fitted",
+    "Profile",
     "Segments",
     "Step",
     "SweepPlan",

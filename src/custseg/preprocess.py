@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,8 +10,9 @@ import pandas as pd
 
 from custseg.errors import InputError
 from custseg.io import CustomerTable
+from custseg.sanitize import logger
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 DROP_REASONS: tuple[str, ...] = (
     "missing", "non_numeric", "non_finite", "duplicate", "conflicting_id",

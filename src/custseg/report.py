@@ -5,14 +5,15 @@ from __future__ import annotations
 import base64
 import html
 import io
-import logging
 import re
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-log = logging.getLogger(__name__)
+from custseg.sanitize import logger
+
+log = logger(__name__)
 
 _SHORT_NAMES = {"income": "income", "spending": "spending", "spend": "spending", "age": "age"}
 _LEVELS = ("low", "mid", "high")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import re
 import secrets
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from custseg import storage
 from custseg.errors import InputError
 from custseg.options import RunRequest
+from custseg.sanitize import logger
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from custseg.preprocess import PreparedData
     from custseg.sweep import SweepResult
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 LATEST = "latest.json"
 RUNS = "runs"
@@ -46,7 +46,10 @@ PREDICTIONS = "predictions.csv"
 PROFILE = "profile.csv"
 ASSIGNMENTS = "assignments.parquet"
 SSE = "sse.csv"
-PLOTS = ("elbow.png", "selection.png", "segments.png")
+ELBOW_PNG = "elbow.png"
+SELECTION_PNG = "selection.png"
+SEGMENTS_PNG = "segments.png"
+PLOTS = (ELBOW_PNG, SELECTION_PNG, SEGMENTS_PNG)
 _RECORD = f"{WORK}/run.json"
 _TABLE = f"{WORK}/customers.parquet"
 _FEATURES = f"{WORK}/features.parquet"
@@ -248,26 +251,43 @@ class RunDir:
             frame.insert(0, id_column, ids)
         write_parquet(frame, self.path(name))
 
+    def load_labels(self) -> np.ndarray:
+        """Each training customer's segment, from `assignments.parquet`."""
+        from custseg.io import read_parquet
+
+        return read_parquet(self.path(ASSIGNMENTS), columns=["segment"]).column(0).to_numpy()
+
     def save_assignments(self, labels: np.ndarray, ids: Any, id_column: str | None) -> None:
         """`assignments.parquet`: each training customer's segment, with its id if any."""
         self._save_labels(ASSIGNMENTS, labels, ids, id_column)
         log.info("wrote segment assignments of %d customers", len(labels))
 
-    def save_model(self, model: Any) -> None:
-        """`model.skops`: the scaler and K-Means, with the final segment ids."""
+    def save_model(self, model: Any) -> str:
+        """`model.skops`: the scaler and K-Means, with the final segment ids; returns its
+        SHA-256."""
         from custseg.model import save_model
 
-        save_model(model, self.path(MODEL))
+        return save_model(model, self.path(MODEL))
 
-    def load_model(self) -> Any:
-        """The run's model, through the trusted-type loader."""
+    def load_model(self, *, verify: bool = False) -> Any:
+        """The run's model, through the trusted-type loader; with `verify`, refused unless
+        it is the file the run recorded (`model_sha256` of metrics.json)."""
         from custseg.model import load_model
 
-        return load_model(self.path(MODEL))
+        sha = self.metrics().get("model_sha256") if verify else None
+        return load_model(self.path(MODEL), sha256=sha)
+
+    def model_sha256(self) -> str:
+        """The SHA-256 of the run's model file."""
+        import hashlib
+
+        return hashlib.sha256(self.read_bytes(MODEL)).hexdigest()
 
     def save_profile(self, profile: pd.DataFrame) -> None:
-        """`profile.csv`: one row per segment."""
-        self.write_bytes(PROFILE, profile.to_csv(index=False).encode())
+        """`profile.csv`: one row per segment (formula-like cells neutralised)."""
+        from custseg.sanitize import csv_bytes
+
+        self.write_bytes(PROFILE, csv_bytes(profile))
 
     def load_profile(self) -> pd.DataFrame:
         """The segment table `save_profile` wrote."""
@@ -294,7 +314,9 @@ class RunDir:
         return {n: self.read_bytes(n) for n in PLOTS if self.exists(n)}
 
     def save_metrics(self, metrics: dict[str, Any]) -> None:
-        """`metrics.json`, written last and atomically: its presence means "complete"."""
+        """`metrics.json`, written last and atomically once every other file of the run is
+        on disk: its presence means "complete"."""
+        storage.fsync_tree(self.uri)
         self.write_json(METRICS, metrics, atomic=True)
 
     def metrics(self) -> dict[str, Any]:
@@ -321,10 +343,16 @@ class ArtifactStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         text = os.fspath(root)
+        if "\x00" in text:
+            raise InputError("the artifacts root contains a NUL byte: give a plain path")
         if storage.is_remote(text):
             self.root = text.rstrip("/")
         else:
-            self.root = str(storage.local_path(text).absolute())
+            path = storage.local_path(text).absolute()
+            if path.exists() and not path.is_dir():
+                raise InputError(f"artifacts root {path}: is a file, not a directory; pass a "
+                                 "directory (--out, artifacts_root)")  # fmt: skip
+            self.root = str(path)
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.root!r})"
@@ -396,6 +424,46 @@ class ArtifactStore:
         return self.latest_uri
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """One run directory of an artifacts root, as `custseg runs` and `gc` see it."""
+
+    run: RunDir
+    complete: bool
+    promoted: bool
+    age_seconds: float
+
+
+def list_runs(store: ArtifactStore) -> list[RunInfo]:
+    """Every run directory of a local or remote artifacts root, oldest first."""
+    import time
+
+    folder = storage.join(store.root, RUNS)
+    latest = store.latest()
+    now = time.time()
+    out = []
+    for uri in storage.list_dirs(folder):
+        run = run_at(uri)
+        age = now - storage.newest_mtime(uri)
+        promoted = latest is not None and latest.run_id == run.run_id
+        out.append(RunInfo(run, not run.missing(), promoted, age))
+    return sorted(out, key=lambda r: -r.age_seconds)
+
+
+def collect_garbage(store: ArtifactStore, *, older_than: float, dry_run: bool) -> list[RunInfo]:
+    """Remove the incomplete run directories (no model or no metrics.json) whose newest file
+    is older than `older_than` seconds: runs that failed or were killed. The promoted run,
+    complete runs and runs still being written (recent files) are kept. Returns the removed
+    (with `dry_run`: the removable) runs."""
+    doomed = [r for r in list_runs(store)
+              if not r.complete and not r.promoted and r.age_seconds > older_than]  # fmt: skip
+    for info in doomed:
+        if not dry_run:
+            storage.remove_tree(info.run.uri)
+            log.info("removed incomplete run %s", info.run.uri)
+    return doomed
+
+
 def resolve_run(path: str) -> RunDir:
     """A complete run from a run directory, a model file or an artifacts root (whose
     `latest.json` names the run); anything else is an `InputError` saying what it is."""
@@ -425,6 +493,9 @@ def run_at(folder: str) -> RunDir:
 
 __all__ = [
     "ArtifactStore",
+    "RunInfo",
+    "collect_garbage",
+    "list_runs",
     "Reference",
     "RunDir",
     "RunRecord",

@@ -74,6 +74,41 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     return sorted(str(p) for p in folder.iterdir() if p.name.endswith(suffix) and p.is_file())
 
 
+def list_dirs(uri: str) -> list[str]:
+    """The folders directly in a folder (on object storage: the common prefixes), sorted."""
+    if is_remote(uri):
+        fs, path = _fs(uri)
+        if not fs.exists(path):
+            return []
+        scheme = uri.split("://", 1)[0]
+        entries = fs.ls(path, detail=True)
+        return sorted(f"{scheme}://{e['name']}" for e in entries if e["type"] == "directory")
+    folder = local_path(uri)
+    if not folder.is_dir():
+        return []
+    return sorted(str(p) for p in folder.iterdir() if p.is_dir())
+
+
+def newest_mtime(uri: str) -> float:
+    """The newest modification time (epoch seconds) of a folder or anything below it."""
+    if is_remote(uri):
+        fs, path = _fs(uri)
+        times = [
+            info["LastModified"].timestamp() if "LastModified" in info else info.get("mtime", 0)
+            for info in fs.find(path, detail=True).values()
+        ]
+        return max([float(t) for t in times if t] or [0.0])
+    root = local_path(uri)
+    newest = root.stat().st_mtime
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime)
+            except OSError:
+                continue
+    return newest
+
+
 def remove_tree(uri: str) -> None:
     """Delete a folder and everything in it (nothing happens if it does not exist)."""
     import shutil
@@ -153,3 +188,22 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_tree(uri: str) -> None:
+    """Flush every file below a local folder, and the folders, to disk (object stores: no-op):
+    called before a run's completion marker is written, so "complete" survives a crash."""
+    if is_remote(uri):
+        return
+    root = local_path(uri)
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -16,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from custseg.errors import InputError
+from custseg.sanitize import logger
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 Progress = Callable[[int, int, int, float], None]
 """Called after each k as `progress(done, total, k, sse)`."""

@@ -47,7 +47,8 @@ def test_seed_task_ids_run_in_order_with_the_mapped_sweep_between(bag):
     assert dag.task_dict["plan_sweep_task"].downstream_task_ids == {"sweep_k_task"}
     assert dag.task_dict["sweep_k_task"].downstream_task_ids == {"build_save_model_task"}
     assert dag.task_dict["build_save_model_task"].downstream_task_ids == {"align_segments_task"}
-    assert dag.task_dict["align_segments_task"].downstream_task_ids == {"load_model_task"}
+    assert dag.task_dict["align_segments_task"].downstream_task_ids == {"profile_segments_task"}
+    assert dag.task_dict["profile_segments_task"].downstream_task_ids == {"load_model_task"}
     assert dag.task_dict["load_model_task"].downstream_task_ids == set()
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 

@@ -79,7 +79,7 @@ def test_dag_run_writes_the_artifacts_and_matches_the_cli(sample_runs):
     assert metrics["k_range"] == [1, 6] and metrics["predictions"]["n_rows"] == 25
     assert set(tis) == {"load_data_task", "data_preprocessing_task", "plan_sweep_task",
                         "sweep_k_task", "build_save_model_task", "align_segments_task",
-                        "load_model_task"}  # fmt: skip
+                        "profile_segments_task", "load_model_task"}  # fmt: skip
     assert all(ti.state == "success" for ti in tis.values())
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -49,6 +50,49 @@ def live_dir():
         print(f"live test files kept in {path}")
 
 
+def load_test(api, stack, artifacts: Path) -> None:
+    """8 CLI runs and 4 DAG runs started at once into one artifacts root all complete; every
+    read of latest.json meanwhile names a complete run; every run records its reference."""
+    conf = {"k_max": 4, "n_init": 2, "select": "elbow", "artifacts_root": str(artifacts)}
+    dag_runs = [f"load-{i}" for i in range(4)]
+    for run_id in dag_runs:
+        api.trigger(DAG_ID, run_id=run_id, conf=conf)
+    cli = [subprocess.Popen(
+        [str(BIN / "custseg"), "run", "--input", str(ROOT / "data" / "sample" / "customers.csv"),
+         "--out", str(artifacts), "--k-max", "4", "--n-init", "2", "--select", "elbow",
+         "--run-id", f"cli-{i}", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) for i in range(8)]  # fmt: skip
+    seen = set()
+
+    def all_done() -> bool:
+        latest = json.loads((artifacts / "latest.json").read_text())
+        run_dir = Path(latest["run_dir"])
+        assert (run_dir / "metrics.json").exists() and (run_dir / "model.skops").exists()
+        seen.add(latest["run_id"])
+        return all(p.poll() is not None for p in cli) and all(
+            api.run_state(DAG_ID, r) in ("success", "failed") for r in dag_runs
+        )
+
+    wait_for("8 CLI and 4 DAG runs to finish", all_done, timeout=600, interval=0.5, stack=stack)
+    for proc in cli:
+        out, err = proc.communicate()
+        assert proc.returncode == 0, err
+    for run_id in dag_runs:
+        assert api.run_state(DAG_ID, run_id) == "success", run_id
+    names = [f"cli-{i}" for i in range(8)] + dag_runs
+    for name in names:
+        run_dir = next(d for d in (artifacts / "runs").iterdir() if re.fullmatch(
+            rf"{name}(-try\d)?", d.name))  # fmt: skip
+        for file in ("model.skops", "metrics.json", "report.html", "assignments.parquet"):
+            assert (run_dir / file).exists(), (run_dir, file)
+        record = json.loads((run_dir / "work" / "run.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert record["reference"] is not None  # live-1 was promoted before any of them
+        assert metrics["reference_run_id"] == record["reference"]["run_id"]
+    assert len(seen) >= 2  # latest.json moved while the runs finished
+
+
 def test_standalone_runs_the_dag_from_rest_and_the_ui_shows_it(live_dir):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not installed (.ci/run installs it: apt-get install chromium)")
@@ -88,6 +132,7 @@ def test_standalone_runs_the_dag_from_rest_and_the_ui_shows_it(live_dir):
             )
             metrics = json.loads((Path(latest["run_dir"]) / "metrics.json").read_text())
             assert metrics["k_range"] == [1, 6] and metrics["predictions"]["n_rows"] == 25
+            load_test(api, stack, artifacts)
 
             with chromium(stack, logs) as browser:
                 # The UI authenticates with the JWT in the `_token` cookie (what the login

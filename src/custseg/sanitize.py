@@ -1,0 +1,72 @@
+"""Text that leaves custseg for a person: terminals, logs and spreadsheets.
+
+Column names, values and paths come from the user's files. Printed raw, an escape sequence
+in a header can clear a terminal or write the clipboard (OSC 52), and a newline in a path
+can forge log lines; written raw into a CSV, a cell such as `=HYPERLINK(...)` runs as a
+formula when the file is opened in Excel. `printable` escapes control characters;
+`spreadsheet_safe` neutralises formula cells the way OWASP recommends (a leading `'`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def printable(text: Any) -> str:
+    """`text` with every control character (ESC, BEL, newline, C1, ...) written as `\\xNN`."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def safe_cell(value: Any) -> Any:
+    """A string that a spreadsheet would run as a formula, prefixed with `'`; numbers (also
+    negative ones written as text) and everything else unchanged, control characters escaped."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        value = "'" + value
+    return printable(value)
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `frame` whose text cells and column names are safe to open in a spreadsheet."""
+    out = frame.rename(columns=lambda c: safe_cell(str(c)))
+    for col in out.columns:
+        if out[col].dtype == object or str(out[col].dtype) in ("string", "str"):
+            out[col] = out[col].map(safe_cell)
+        elif hasattr(out[col].dtype, "pyarrow_dtype"):
+            import pandas as pd
+
+            if pd.api.types.is_string_dtype(out[col].dtype):
+                out[col] = out[col].astype(object).map(safe_cell)
+    return out
+
+
+def csv_bytes(frame: pd.DataFrame, **kwargs: Any) -> bytes:
+    """`frame` as CSV bytes for people: formula cells neutralised (see `safe_cell`)."""
+    return spreadsheet_safe(frame).to_csv(index=False, **kwargs).encode()
+
+
+class _Printable(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = printable(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def logger(name: str) -> logging.Logger:
+    """`logging.getLogger(name)` whose records have their control characters escaped."""
+    log = logging.getLogger(name)
+    if not any(isinstance(f, _Printable) for f in log.filters):
+        log.addFilter(_Printable())
+    return log
