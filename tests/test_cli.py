@@ -31,11 +31,15 @@ def test_run_writes_the_artifact_set(mall_run):
     run_dir = out / "runs" / "first"
     assert EXPECTED <= {p.name for p in run_dir.iterdir()}
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("run_id", "created_at", "chosen_k", "k_range", "sse", "selection", "features",
-                "scaler", "seed", "n_rows_read", "n_rows_used", "n_rows_dropped", "data_sha256",
-                "versions"):  # fmt: skip
-        assert key in metrics
-    assert metrics["k_range"] == [1, 50] and len(metrics["sse"]) == 50
+    known = {"run_id": "first", "chosen_k": 6, "k_range": [1, 50], "scaler": "minmax",
+             "seed": 42, "n_init": 10, "n_rows_read": 200, "n_rows_used": 200,
+             "n_rows_dropped": {}, "features": ["Annual Income (k$)", "Spending Score (1-100)"],
+             "data_sha256": "901bc46e68f7178e84b05638d919c7d4d8e2c8b5e00e828c351af75bbcf662b4",
+             "feature_min": [15.0, 1.0], "feature_max": [137.0, 99.0], "warnings": []}
+    assert {k: metrics[k] for k in known} == known  # --select elbow picks the knee, 6
+    assert metrics["selection"]["method"] == "elbow" and metrics["selection"]["knee"] == 6
+    assert len(metrics["sse"]) == 50 and metrics["sse"]["1"] > metrics["sse"]["50"] > 0
+    assert metrics["created_at"].startswith("20") and len(metrics["model_sha256"]) == 64
     assert set(metrics["versions"]) == {"python", "scikit-learn", "custseg"}
     assert json.loads((out / "latest.json").read_text()) == {
         "run_id": "first",
@@ -89,8 +93,9 @@ def test_bad_input_exits_2_without_traceback(tmp_path):
     res = custseg("run", "--input", str(tmp_path / "nope.csv"), "--out", str(tmp_path))
     assert res.returncode == 2
     assert "nope.csv: file not found" in res.stderr and "Traceback" not in res.stderr
-    res = custseg("run", "--input", "x.csv", "--k-min", "9", "--k-max", "3")
+    res = custseg("run", "--input", "x.csv", "--k-min", "9", "--k-max", "3", cwd=tmp_path)
     assert res.returncode == 2 and "k_min=9 > k_max=3" in res.stderr
+    assert not (tmp_path / "artifacts").exists()  # nothing written, not even a log
 
 
 def test_generate_writes_ground_truth(tmp_path):

@@ -125,26 +125,19 @@ def test_sigkill_during_sweep_keeps_previous_run(capsys, out, data, test_csv):
 
 
 def test_sigkill_during_artifact_writing_keeps_previous_run(capsys, out, data, test_csv):
+    """Killed once the model is saved and the segments profiled, before the report and
+    metrics.json: the fault is injected at that exact point, not raced by a poller."""
     before = (out / "latest.json").read_bytes()
     killed = out / "runs" / "killed"
-    proc = subprocess.Popen(
+    proc = subprocess.run(
         custseg_cmd("run", "--input", data, "--out", out, "--run-id", "killed", "--k-max", "4",
                     "--test", test_csv, *FAST),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300,
+        env={**os.environ, "CUSTSEG_FAULT_AFTER_STEP": "profile"},
     )  # fmt: skip
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (killed / "model.skops").exists():  # fit done, plots/report/metrics still to come
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.002)
-    finally:
-        if proc.poll() is None and not (killed / "model.skops").exists():
-            proc.kill()
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert (killed / "model.skops").exists() and not (killed / "report.html").exists()
+    assert proc.returncode == -signal.SIGKILL
+    assert (killed / "model.skops").exists() and (killed / "profile.csv").exists()
+    assert not (killed / "report.html").exists() and not (killed / "metrics.json").exists()
     assert_previous_run_kept(capsys, out, killed, before, data, test_csv)
 
 

@@ -16,7 +16,7 @@ def test_loads_mall_with_default_features(mall_csv):
     assert t.id_column == "CustomerID"
     assert t.frame["CustomerID"].iloc[0] == "0001"  # ids stay text, leading zeros kept
     assert t.frame["Annual Income (k$)"].iloc[:3].tolist() == [15.0, 15.0, 16.0]
-    assert len(t.sha256) == 64
+    assert t.sha256 == "901bc46e68f7178e84b05638d919c7d4d8e2c8b5e00e828c351af75bbcf662b4"
 
 
 @pytest.mark.parametrize("name", ["Annual Income (k$)", "annual_income_k", "Annual_Income",

@@ -41,8 +41,15 @@ def test_constant_feature_rejected(tmp_path):
 def test_scalers(name):
     X = np.array([[1.0, 10.0], [2.0, 30.0], [4.0, 20.0]])
     Xs = scale_features(X, scaler=name)
-    if name == "minmax":
-        assert Xs.min(axis=0).tolist() == [0, 0] and Xs.max(axis=0).tolist() == [1, 1]
+    expected = {
+        "minmax": [[0.0, 0.0], [1 / 3, 1.0], [1.0, 0.5]],
+        # mean (7/3, 20), population std (1.2472, 8.1650)
+        "standard": [[-1.0690, -1.2247], [-0.2673, 1.2247], [1.3363, 0.0]],
+        # median (2, 20), IQR (1.5, 10)
+        "robust": [[-2 / 3, -1.0], [0.0, 1.0], [4 / 3, 0.0]],
+        "none": X.tolist(),
+    }[name]
+    np.testing.assert_allclose(Xs, expected, atol=1e-4)
     if name == "none":
         assert Xs is X
 

@@ -111,10 +111,11 @@ def test_s3_pipeline_on_real_endpoint(s3_endpoint, local_run, sample_csv, sample
     scored = pred.read_text().splitlines()
     assert len(scored) - 1 == metrics["predictions"]["n_rows"]
     local_pred = storage.read_bytes(f"{out}/runs/s3-1/predictions.csv").decode().splitlines()
-    assert scored[0] == local_pred[0]
-    assert [line.rsplit(",", 2)[0] for line in scored] == [
-        line.rsplit(",", 2)[0] for line in local_pred
-    ]
+    # every column, distance and out_of_range included, as the run itself wrote them
+    assert scored == local_pred
+    distances = [float(line.split(",")[4]) for line in scored[1:]]
+    assert scored[0].split(",")[4] == "distance"
+    assert min(distances) >= 0 and max(distances) > 0
 
 
 @pytest.mark.parametrize("scheme", ["path", "file", "s3"])

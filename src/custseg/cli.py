@@ -170,6 +170,15 @@ class _OneLineFormatter(logging.Formatter):
         return f"{record.levelname}: {printable(record.getMessage())}"
 
 
+class _LazyFileHandler(logging.FileHandler):
+    """A log file (and its folder) created on the first record: a run refused before it logs
+    anything leaves no artifacts folder behind."""
+
+    def _open(self) -> Any:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 def _setup_logging(verbose: bool, log_file: Path | None) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
@@ -179,8 +188,7 @@ def _setup_logging(verbose: bool, log_file: Path | None) -> None:
     console.addFilter(_ConsoleFilter())
     handlers: list[logging.Handler] = [console]
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
+        handler = _LazyFileHandler(log_file, delay=True)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handlers.append(handler)
     for handler in handlers:
@@ -406,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                    "gc": cmd_gc, "generate": cmd_generate}  # fmt: skip
         return handler[args.command](args)
     except InputError as exc:
-        log.info("input error: %s", exc, extra={"console": False})
+        if any(getattr(h, "stream", None) for h in _HANDLERS if isinstance(h, _LazyFileHandler)):
+            log.info("input error: %s", exc, extra={"console": False})
         say(f"custseg: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:

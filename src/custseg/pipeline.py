@@ -13,6 +13,7 @@ same artifacts for the same input and seed.
 
 from __future__ import annotations
 
+import os
 import platform
 import threading
 import time
@@ -523,6 +524,19 @@ def _import_later_stack() -> None:
             return
 
 
+FAULT_AFTER = "CUSTSEG_FAULT_AFTER_STEP"
+"""Fault injection for tests: the process SIGKILLs itself once this step and its writes are
+done, so a crash between two steps is reproduced exactly, whatever the machine's load."""
+
+
+def _die_after(pending: list[Future[None]]) -> None:
+    import signal
+
+    for done in pending:
+        done.result()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_in_memory(
     request: RunRequest, *, run_id: str | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -552,6 +566,8 @@ def run_in_memory(
             if step.write is not None:
                 extra = {n: values[n] for n in step.write_needs}
                 pending.append(writer.submit(step.write, ctx, values[step.name], **extra))
+            if os.environ.get(FAULT_AFTER) == step.name:
+                _die_after(pending)
     summary = values["summary"]
     summary["seconds"] = round(time.perf_counter() - start, 2)
     return summary
