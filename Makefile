@@ -14,13 +14,14 @@ AIRFLOW_ENV = AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/
 	AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False \
 	CUSTSEG_HOME=$(CURDIR) CUSTSEG_ARTIFACTS_ROOT=$(abspath $(OUT)) PATH="$(BIN):$$PATH"
 
-.PHONY: run test venv lint cli-run airflow clean help
+.PHONY: run test test-fast venv lint cli-run airflow clean help
 
 help:
 	@echo "make run      - set up and run the DAG once through Airflow on the bundled sample"
 	@echo "make cli-run  - the same pipeline through the plain custseg CLI"
 	@echo "make airflow  - Airflow UI at http://127.0.0.1:$(AIRFLOW_PORT) (login admin/admin, dev only)"
 	@echo "make test     - set up and run the test suite"
+	@echo "make test-fast - the quick loop: no slow, Airflow, live or distributed tests (~1 min)"
 	@echo "make lint     - ruff"
 
 $(CURDIR)/.tools/bin/uv:
@@ -72,6 +73,11 @@ lint: venv
 test: venv
 	$(BIN)/ruff check src tests dags bench
 	$(BIN)/pytest
+	@test -z "$$(git status --porcelain 2>/dev/null)" || \
+		{ echo "make test: the tests left files in the repository:"; git status --porcelain; exit 1; }
+
+test-fast: venv
+	$(BIN)/pytest -m "not slow and not airflow and not live and not distributed"
 
 clean:
 	rm -rf $(VENV) .tools .airflow artifacts .pytest_cache

@@ -21,22 +21,41 @@ os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME}/
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def missing(reason: str) -> None:
+    """A dataset or service a test needs is missing: skip it with the reason on a developer's
+    machine, fail in CI (`CI=true`), where a skip would hide lost coverage."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing dataset or service fails the run)")
+    pytest.skip(reason)
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        missing(f"{path} not found: the shared data is not beside the repo (../shared/data)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def mall_csv() -> Path:
-    """The canonical 200-row Mall Customers file from ../shared (skips if absent)."""
-    path = SHARED_DATA / "Mall_Customers.csv"
-    if not path.exists():
-        pytest.skip(f"{path} not found: the shared Mall Customers data is not beside the repo")
-    return path
+    """The canonical 200-row Mall Customers file from ../shared."""
+    return shared_file("Mall_Customers.csv")
 
 
 @pytest.fixture(scope="session")
 def messy_csv() -> Path:
     """The 812-row messy variant (duplicates, '?' for missing) from ../shared."""
-    path = SHARED_DATA / "Mall_Customers_messy.csv"
-    if not path.exists():
-        pytest.skip(f"{path} not found: the shared Mall Customers data is not beside the repo")
-    return path
+    return shared_file("Mall_Customers_messy.csv")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove this session's temporary AIRFLOW_HOME (nothing piles up in /tmp)."""
+    import shutil
+
+    shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

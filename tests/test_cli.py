@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # every test starts the CLI as a process
+
 EXPECTED = {"model.skops", "metrics.json", "sse.csv", "elbow.png", "segments.png", "profile.csv",
             "predictions.csv", "report.html"}  # fmt: skip
 

@@ -79,6 +79,7 @@ def test_picks_and_vote_from_known_values():
     assert combine(values, picks) == 3
 
 
+@pytest.mark.slow
 def test_mall_default_picks_5_for_seeds_0_to_9_with_the_known_centroids(mall):
     X, Xs = mall
     for seed in range(10):

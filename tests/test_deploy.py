@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import missing
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +36,7 @@ AIRFLOW_SERVICES = {
 def _compose(env_file: Path, *args: str) -> subprocess.CompletedProcess:
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.skip("docker-compose not installed (Debian package docker-compose; .ci/run adds it)")
+        missing("docker-compose not installed (Debian package docker-compose; .ci/run adds it)")
     # a clean environment: nothing from the caller's shell may fill in a secret
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(env_file.parent)}
     return subprocess.run(

@@ -25,6 +25,8 @@ import pytest
 from custseg.cli import main
 from custseg.generate import generate_customers
 
+pytestmark = pytest.mark.slow
+
 FAST = ("--n-init", "1", "--no-progress")
 
 

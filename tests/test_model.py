@@ -203,3 +203,27 @@ def test_final_fit_on_distinct_rows_equals_the_fit_on_every_row():
     assert model[-1].inertia_ == pytest.approx(full.inertia_, rel=1e-9)
     np.testing.assert_array_equal(model[-1].labels_, full.labels_)
     assert len(model[-1].labels_) == len(X)
+
+
+def test_loading_a_model_beside_airflow_logs_no_warning_flood(tmp_path, sample_csv):
+    """In a task process skops' import-time scan probed Airflow's deprecated shim modules:
+    1,160 DeprecatedImportWarning lines in load_model_task's log."""
+    import subprocess
+    import sys
+
+    from custseg.options import PipelineConfig
+    from custseg.pipeline import run_pipeline
+
+    summary = run_pipeline(PipelineConfig(k_max=3, n_init=2, select="elbow"),
+                           input_path=str(sample_csv), out=str(tmp_path))  # fmt: skip
+    code = (
+        "import warnings, airflow.sdk, airflow.utils.trigger_rule, airflow.utils.timezone\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    from custseg.model import load_model\n"
+        f"    model = load_model({summary['run_dir'] + '/model.skops'!r})\n"
+        "print(len(caught), model[-1].n_clusters)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert out.split() == ["0", str(summary["chosen_k"])]

@@ -13,6 +13,8 @@ from custseg.select import choose_elbow
 from custseg.sweep import make_kmeans, sweep_k
 from tests.helpers import comparable
 
+pytestmark = pytest.mark.slow
+
 ROWS = 60_000
 CONFIG = PipelineConfig(k_min=1, k_max=12, n_init=3, seed=11)
 

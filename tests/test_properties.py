@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 from custseg.cli import main
 from custseg.model import load_model
 
+pytestmark = pytest.mark.slow
+
 FEATURES = ("Annual Income (k$)", "Spending Score (1-100)")
 ARTIFACTS = {"model.skops", "metrics.json", "sse.csv", "elbow.png", "segments.png",
              "profile.csv", "report.html", "assignments.parquet"}  # fmt: skip

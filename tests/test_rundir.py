@@ -22,6 +22,7 @@ def custseg(*args, cwd):
                           capture_output=True, text=True, cwd=cwd)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_relative_out_resolves_from_any_working_directory(tmp_path, sample_csv):
     """`--out rel_out` wrote `"run_dir": "rel_out/runs/<id>"`, which `show` and `predict`
     could not find from another directory (FileNotFoundError, "incomplete run")."""

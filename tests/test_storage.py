@@ -83,6 +83,7 @@ def s3_endpoint(tmp_path_factory):
         yield url
 
 
+@pytest.mark.slow
 def test_s3_pipeline_on_real_endpoint(s3_endpoint, local_run, sample_csv, sample_test_csv,
                                       monkeypatch, tmp_path):  # fmt: skip
     """run_pipeline with input and artifacts on s3://, then `custseg predict` from s3 in a

@@ -88,11 +88,31 @@ def fit_segments(
     return pipeline
 
 
+def skops_io() -> Any:
+    """`skops.io`, imported once with the warnings of its import-time scan filtered.
+
+    On import skops looks up scipy's ufuncs by name in every loaded module; in an Airflow
+    task process each of Airflow's deprecated shim modules answers such a lookup with a
+    DeprecatedImportWarning (1,160 lines of task log for one import). Those warnings are
+    about the probe, not about code anyone wrote, so exactly they are filtered, during that
+    import only.
+    """
+    import sys
+    import warnings
+
+    if "skops.io" not in sys.modules:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"The `airflow\.\S+` (attribute )?is "
+                                    r"deprecated")  # fmt: skip
+            import skops.io  # noqa: F401
+    return sys.modules["skops.io"]
+
+
 def save_model(model: Any, uri: str) -> str:
     """Write the fitted pipeline as a skops file; returns the file's SHA-256."""
     import hashlib
 
-    import skops.io as sio
+    sio = skops_io()
 
     data = sio.dumps(model)
     storage.write_bytes(uri, data)
@@ -182,7 +202,7 @@ def _schema_types(data: bytes) -> set[str]:
 
 def untrusted_types(data: bytes) -> list[str]:
     """Types in a skops file that are neither plain data nor in `TRUSTED_TYPES`."""
-    import skops.io as sio
+    sio = skops_io()
 
     declared = set(sio.get_untrusted_types(data=data)) | _schema_types(data)
     return sorted(t for t in declared if t not in TRUSTED_TYPES and t not in _PLAIN_TYPES)
@@ -194,7 +214,7 @@ def load_model(uri: str, *, sha256: str | None = None) -> Any:
     `sha256`, is not the file its run recorded."""
     import hashlib
 
-    import skops.io as sio
+    sio = skops_io()
 
     if not storage.exists(uri):
         raise InputError(f"{uri}: model file not found; run `custseg run` first or pass --model")

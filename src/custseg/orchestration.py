@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -269,10 +268,7 @@ def run_step(name: str, run_dir: str, *, ks: Sequence[int] | None = None) -> Any
     _attach_to_task_log()
     run = run_at(run_dir)
     step = STEP[name]
-    with fail_fast_on_input_errors(run), warnings.catch_warnings():
-        # skops looks every saved type up in sys.modules; Airflow's lazy deprecated module
-        # attributes answer that with one FutureWarning each (1000+ lines in the task log).
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.")
+    with fail_fast_on_input_errors(run):
         record = run.record()
         ctx = Context(request=record.request, run=run, record=record,
                       ks=None if ks is None else [int(k) for k in ks])  # fmt: skip

@@ -501,7 +501,7 @@ CREATE_RUN_AFTER = "prepared"
 # -- the in-memory runner ------------------------------------------------------------------
 
 
-LATER_STACK: tuple[str, ...] = ("kneed", "skops.io", "matplotlib.figure")
+LATER_STACK: tuple[str, ...] = ("kneed", "custseg.model", "matplotlib.figure")
 """Imported on a thread while the sweep runs: choosing k, saving and plotting need them."""
 
 
@@ -522,6 +522,9 @@ def _import_later_stack() -> None:
             importlib.import_module(name)
         except ImportError:  # pragma: no cover - reported where the module is used
             return
+    from custseg.model import skops_io
+
+    skops_io()
 
 
 FAULT_AFTER = "CUSTSEG_FAULT_AFTER_STEP"

@@ -26,6 +26,13 @@ os.environ["CUSTSEG_ARTIFACTS_ROOT"] = str(ARTIFACTS)
 os.environ.pop("CUSTSEG_HOME", None)
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the DAG tests' temporary folder."""
+    import shutil
+
+    shutil.rmtree(TMP_BASE, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tmp_base() -> Path:
     """A temporary directory inside the allowed roots."""

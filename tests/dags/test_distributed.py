@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing
+
 from tests.airflow_harness import (
     AirflowApi,
     Stack,
@@ -72,9 +74,9 @@ def _reachable(addr: tuple[str, int]) -> bool:
 def postgres_db():
     """A fresh, uniquely named database on the machine's PostgreSQL; dropped afterwards."""
     if not _reachable(PG):
-        pytest.skip(f"PostgreSQL is not reachable on {PG[0]}:{PG[1]}")
+        missing(f"PostgreSQL is not reachable on {PG[0]}:{PG[1]}")
     if not _reachable(REDIS):
-        pytest.skip(f"Redis is not reachable on {REDIS[0]}:{REDIS[1]}")
+        missing(f"Redis is not reachable on {REDIS[0]}:{REDIS[1]}")
     psycopg2 = pytest.importorskip("psycopg2", reason="extra `celery` (psycopg2) not installed")
     pytest.importorskip("airflow.providers.celery", reason="extra `celery` not installed")
     name = f"custseg_dist_{uuid.uuid4().hex[:10]}"

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing
+
 from tests.airflow_harness import (
     BIN,
     CHROMIUM,
@@ -95,7 +97,7 @@ def load_test(api, stack, artifacts: Path) -> None:
 
 def test_standalone_runs_the_dag_from_rest_and_the_ui_shows_it(live_dir):
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (.ci/run installs it: apt-get install chromium)")
+        missing(f"{CHROMIUM} not installed (.ci/run installs it: apt-get install chromium)")
     tmp_path = live_dir
     home, logs, artifacts = tmp_path / "airflow", tmp_path / "logs", tmp_path / "artifacts"
     port = free_port()
