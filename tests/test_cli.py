@@ -33,11 +33,22 @@ def test_run_writes_the_artifact_set(mall_run):
     run_dir = out / "runs" / "first"
     assert EXPECTED <= {p.name for p in run_dir.iterdir()}
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    known = {"run_id": "first", "chosen_k": 6, "k_range": [1, 50], "scaler": "minmax",
-             "seed": 42, "n_init": 10, "n_rows_read": 200, "n_rows_used": 200,
-             "n_rows_dropped": {}, "features": ["Annual Income (k$)", "Spending Score (1-100)"],
-             "data_sha256": "901bc46e68f7178e84b05638d919c7d4d8e2c8b5e00e828c351af75bbcf662b4",
-             "feature_min": [15.0, 1.0], "feature_max": [137.0, 99.0], "warnings": []}
+    known = {
+        "run_id": "first",
+        "chosen_k": 6,
+        "k_range": [1, 50],
+        "scaler": "minmax",
+        "seed": 42,
+        "n_init": 10,
+        "n_rows_read": 200,
+        "n_rows_used": 200,
+        "n_rows_dropped": {},
+        "features": ["Annual Income (k$)", "Spending Score (1-100)"],
+        "data_sha256": "901bc46e68f7178e84b05638d919c7d4d8e2c8b5e00e828c351af75bbcf662b4",
+        "feature_min": [15.0, 1.0],
+        "feature_max": [137.0, 99.0],
+        "warnings": [],
+    }
     assert {k: metrics[k] for k in known} == known  # --select elbow picks the knee, 6
     assert metrics["selection"]["method"] == "elbow" and metrics["selection"]["knee"] == 6
     assert len(metrics["sse"]) == 50 and metrics["sse"]["1"] > metrics["sse"]["50"] > 0

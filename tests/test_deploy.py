@@ -12,10 +12,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+import yaml
 
 from tests.conftest import missing
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yaml"

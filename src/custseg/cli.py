@@ -183,7 +183,9 @@ def _setup_logging(verbose: bool, log_file: Path | None) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    # warnings reach the user once, in the run's summary (and in the log file); the console
+    # shows errors only, or everything with -v
+    console.setLevel(logging.INFO if verbose else logging.ERROR)
     console.setFormatter(_OneLineFormatter())
     console.addFilter(_ConsoleFilter())
     handlers: list[logging.Handler] = [console]

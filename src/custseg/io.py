@@ -122,7 +122,9 @@ def resolve_column(
         raise InputError(
             f"{source}: feature {wanted!r} matches several columns {hits}; name one exactly"
         )
-    by_norm = {normalize_name(c): c for c in columns}
+    # an id column is never a feature: suggest the other columns
+    idc = find_id_column(columns)
+    by_norm = {normalize_name(c): c for c in columns if c != idc}
     close = difflib.get_close_matches(normalize_name(wanted), list(by_norm), n=3, cutoff=0.5)
     hint = f"; closest: {', '.join(repr(by_norm[c]) for c in close)}" if close else ""
     if needed_by:

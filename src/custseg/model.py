@@ -105,7 +105,9 @@ def skops_io() -> Any:
             warnings.filterwarnings("ignore", message=r"The `airflow\.\S+` (attribute )?is "
                                     r"deprecated")  # fmt: skip
             import skops.io  # noqa: F401
-    return sys.modules["skops.io"]
+    import skops.io as sio  # waits while another thread is still importing it
+
+    return sio
 
 
 def save_model(model: Any, uri: str) -> str:

@@ -262,7 +262,7 @@ def add_cli_options(parser: Any) -> None:
             "dest": name,
             "default": None,
             "metavar": spec.metavar,
-            "help": spec.help + ("" if spec.required else f" (default: {shown})"),
+            "help": spec.help + ("" if spec.required or shown is None else f" (default: {shown})"),
         }
         if spec.kind == "int":
             kwargs["type"] = int

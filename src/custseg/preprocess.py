@@ -265,6 +265,14 @@ def prepare_features(table: CustomerTable, *, distinct_cap: int | None = None) -
             kept = frame.loc[candidates, [table.id_column, *feats]]
             where = np.flatnonzero(candidates)
             dup[where] = kept.duplicated(keep="first").to_numpy()
+            exact = np.flatnonzero(dup)
+            if exact.size:
+                lines = ", ".join(f"{table.line_of(int(r))}" for r in exact[:5])
+                warnings.append(
+                    f"{table.source}: dropped {exact.size} exact duplicate row(s) (same id and "
+                    f"values as an earlier row; {table.line_word} {lines}"
+                    f"{', ...' if exact.size > 5 else ''})"
+                )
             conflicts = kept[~dup[where]]
             repeated = conflicts[table.id_column].duplicated(keep="first").to_numpy()
             if repeated.any():

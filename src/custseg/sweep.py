@@ -356,8 +356,8 @@ def sweep_k(
             progress(len(sse), len(ks), k, sse[k])
         if now - last_log >= 5.0 or len(sse) == len(ks):
             log.info(
-                "sweep: k=%d done (%d/%d), %.1fs elapsed, %.2f k/s, %d rows",
-                k, len(sse), len(ks), now - start, len(sse) / max(now - start, 1e-9), len(X),
+                "sweep: %d of %d ks done (last: k=%d), %.1fs elapsed, %.2f k/s, %d rows",
+                len(sse), len(ks), k, now - start, len(sse) / max(now - start, 1e-9), len(X),
             )  # fmt: skip
             last_log = now
 

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import missing
-
 from tests.airflow_harness import (
     AirflowApi,
     Stack,
@@ -30,6 +28,7 @@ from tests.airflow_harness import (
     wait_for,
     write_password_file,
 )
+from tests.conftest import missing
 
 pytestmark = [
     pytest.mark.distributed,

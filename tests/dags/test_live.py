@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import missing
-
 from tests.airflow_harness import (
     BIN,
     CHROMIUM,
@@ -25,6 +23,7 @@ from tests.airflow_harness import (
     wait_for,
     write_password_file,
 )
+from tests.conftest import missing
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
