@@ -117,29 +117,57 @@ def artifacts_root():
         yield Path(tmp)
 
 
-# no shrink phase: each example is a whole pipeline run, so shrinking would take minutes;
-# a failure reports the raw table instead
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
-@given(table=tables())
-def test_random_tables_succeed_or_exit_2(artifacts_root, table):
-    data, n_rows = table
-    out = artifacts_root / "out"
-    with tempfile.NamedTemporaryFile(suffix=".csv", dir=artifacts_root, delete=False) as fh:
-        fh.write(data)
-    latest = out / "latest.json"
-    before = latest.read_bytes() if latest.exists() else None
-    rc, stdout, err = run_main("run", "--input", fh.name, "--out", str(out), "--k-max", "3",
-                               "--n-init", "1", "--no-progress")  # fmt: skip
-    event(f"exit {rc}")
-    if rc == 2:
-        event(err.strip().splitlines()[-1].split(": ", 3)[-1][:30])  # which rule said no
-    check_outcome(rc, stdout, err, out, before)
-    if rc == 0:
-        metrics = json.loads((Path(json.loads(latest.read_text())["run_dir"]) /
-                              "metrics.json").read_text())  # fmt: skip
-        assert metrics["n_rows_read"] == n_rows
+def test_random_tables_succeed_or_exit_2(artifacts_root):
+    """Every generated table either runs through (artifacts consistent) or is refused with one
+    line naming the file; both outcomes must actually occur, so a regression that rejects
+    every table (or accepts every one) fails here."""
+    outcomes: list[int] = []
+
+    # no shrink phase: each example is a whole pipeline run, so shrinking would take minutes;
+    # a failure reports the raw table instead
+    @settings(
+        max_examples=40,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(table=tables())
+    def check(table):
+        data, n_rows = table
+        out = artifacts_root / "out"
+        with tempfile.NamedTemporaryFile(suffix=".csv", dir=artifacts_root, delete=False) as fh:
+            fh.write(data)
+        latest = out / "latest.json"
+        before = latest.read_bytes() if latest.exists() else None
+        rc, stdout, err = run_main(
+            "run",
+            "--input",
+            fh.name,
+            "--out",
+            str(out),
+            "--k-max",
+            "3",
+            "--n-init",
+            "1",
+            "--no-progress",
+        )
+        outcomes.append(rc)
+        event(f"exit {rc}")
+        if rc == 2:
+            line = err.strip().splitlines()[-1]
+            event(line.split(": ", 3)[-1][:30])  # which rule said no
+            assert fh.name in line, line  # the message names the file
+        check_outcome(rc, stdout, err, out, before)
+        if rc == 0:
+            metrics = json.loads(
+                (Path(json.loads(latest.read_text())["run_dir"]) / "metrics.json").read_text()
+            )
+            assert metrics["n_rows_read"] == n_rows
+
+    check()
+    assert outcomes.count(0) >= 5 and outcomes.count(2) >= 5, outcomes  # fmt: skip
 
 
 @pytest.mark.parametrize(

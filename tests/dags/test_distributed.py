@@ -33,7 +33,8 @@ from tests.conftest import missing
 pytestmark = [
     pytest.mark.distributed,
     pytest.mark.slow,
-    pytest.mark.timeout(1200),
+    # the outer deadline covers every inner wait: 5 start-ups and one run
+    pytest.mark.timeout(5 * 360 + 600 + 300),
     # skops probes attributes of every loaded module; airflow's shims warn on each one
     pytest.mark.filterwarnings("ignore:The `airflow:FutureWarning"),
 ]

@@ -25,7 +25,9 @@ from tests.airflow_harness import (
 )
 from tests.conftest import missing
 
-pytestmark = [pytest.mark.live, pytest.mark.slow]
+# the outer deadline covers the inner waits: health 300 + DAG 180 + run 420 + load test 600
+# + browser 150, plus start and stop
+pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.timeout(1650 + 300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "customer_segmentation"
