@@ -172,10 +172,9 @@ def request_from_params(
 
     Keys of the trigger `conf` that are no option fail at once, naming the closest one.
     """
-    from custseg.options import DAG, check_known, parse_request
+    from custseg.options import DAG, parse_request
 
-    check_known(conf or {}, runner=DAG)
-    values = dict(params)
+    values = {**params, **(conf or {})}  # conf keys reach params only if they are params
     if not values.get("input_path"):
         values["input_path"] = SAMPLE_INPUT
     if not values.get("artifacts_root"):
