@@ -12,8 +12,8 @@ ARG AIRFLOW_VERSION
 COPY --chown=airflow:root pyproject.toml README.md /opt/custseg/
 COPY --chown=airflow:root src /opt/custseg/src
 RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" "celery<5.7" \
-        "/opt/custseg[s3]" \
-    && python -c "import custseg.pipeline, s3fs"
+        "/opt/custseg[s3,serve]" \
+    && python -c "import custseg.pipeline, custseg.serve, s3fs"
 
 # The DAG file is mounted at /opt/airflow/dags by docker-compose.yaml; the bundled sample is
 # copied so a first run works without any mount.

@@ -14,12 +14,13 @@ AIRFLOW_ENV = AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/
 	AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False \
 	CUSTSEG_HOME=$(CURDIR) CUSTSEG_ARTIFACTS_ROOT=$(abspath $(OUT)) PATH="$(BIN):$$PATH"
 
-.PHONY: run test test-fast venv dev-venv lint cli-run airflow clean help
+.PHONY: run test test-fast venv dev-venv lint cli-run airflow serve clean help
 
 help:
 	@echo "make run      - set up and run the DAG once through Airflow on the bundled sample"
 	@echo "make cli-run  - the same pipeline through the plain custseg CLI"
 	@echo "make airflow  - Airflow UI at http://127.0.0.1:$(AIRFLOW_PORT) (login admin/admin, dev only)"
+	@echo "make serve    - HTTP scoring service on http://127.0.0.1:8000 for the promoted model in OUT"
 	@echo "make test     - set up and run the test suite"
 	@echo "make test-fast - the quick loop: no slow, Airflow, live or distributed tests (~1 min)"
 	@echo "make lint     - ruff"
@@ -62,6 +63,11 @@ run: venv $(AIRFLOW_HOME)/airflow.db
 	@echo "the DAG run succeeded; its summary:"
 	@echo
 	@$(BIN)/custseg show --out $(OUT)
+
+# The HTTP scoring service for the model promoted in $(OUT) (run `make cli-run` first).
+SERVE_PORT ?= 8000
+serve: venv
+	$(BIN)/custseg serve --model $(OUT) --port $(SERVE_PORT)
 
 # `airflow standalone` (api-server, scheduler, dag-processor, triggerer) for local use only.
 airflow: venv

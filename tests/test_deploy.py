@@ -25,6 +25,7 @@ SECRETS = (
     "AIRFLOW__CORE__FERNET_KEY",
     "AIRFLOW__API_AUTH__JWT_SECRET",
     "AIRFLOW_ADMIN_PASSWORD",
+    "CUSTSEG_SERVE_TOKEN",
 )
 AIRFLOW_SERVICES = {
     "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
@@ -101,5 +102,16 @@ def test_dockerfile_extends_airflow_and_installs_the_package():
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^ARG AIRFLOW_VERSION=3\.3\.2$", text, flags=re.M)
     assert "FROM apache/airflow:${AIRFLOW_VERSION}" in text
-    assert '"/opt/custseg[s3]"' in text
+    assert '"/opt/custseg[s3,serve]"' in text
     assert '"celery<5.7"' in text
+
+
+def test_the_scoring_service_reads_the_artifacts_root_and_has_a_health_check(tmp_path):
+    proc = _compose(_filled_env(tmp_path), "config")
+    assert proc.returncode == 0, proc.stderr
+    serve = yaml.safe_load(proc.stdout)["services"]["custseg-serve"]
+    assert serve["entrypoint"] == ["custseg"]
+    assert serve["command"][:3] == ["serve", "--model", "/opt/airflow/artifacts"]
+    assert serve["environment"]["CUSTSEG_SERVE_TOKEN"] == "test-custseg_serve_token"
+    assert "/health" in " ".join(serve["healthcheck"]["test"])
+    assert any("custseg-artifacts" in str(v) for v in serve["volumes"])

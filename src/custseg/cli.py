@@ -103,6 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--out", default="artifacts", help="artifacts root (OUT)")
 
+    srv = sub.add_parser(
+        "serve",
+        help="score customers over HTTP with the promoted model (FastAPI on uvicorn)",
+        description="POST /predict scores one customer or a list with the model the artifacts "
+        "root's latest.json names, switching to a newly promoted model without a restart; "
+        "GET /health, /model, /metrics (Prometheus) and /docs. Binds 127.0.0.1 by default; "
+        "set CUSTSEG_SERVE_TOKEN to require 'Authorization: Bearer <token>'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
+    )
+    srv.add_argument(
+        "--model",
+        default="artifacts",
+        help="artifacts root (follows latest.json) or a run directory",
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    srv.add_argument("--port", type=int, default=8000, help="port to listen on")
+    srv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+
     gc = sub.add_parser(
         "gc",
         help="remove incomplete run directories (failed or killed runs)",
@@ -309,6 +328,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the HTTP scoring service until interrupted."""
+    try:
+        from custseg.serve import serve
+    except ImportError as exc:  # pragma: no cover - the `serve` extra is not installed
+        raise InputError(f"custseg serve needs the `serve` extra ({exc}); install "
+                         "custseg[serve]") from None  # fmt: skip
+    if args.workers < 1:
+        raise InputError(f"--workers={args.workers} must be >= 1")
+    serve(args.model, host=args.host, port=args.port, workers=args.workers,
+          token=os.environ.get("CUSTSEG_SERVE_TOKEN") or None)  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     """Remove incomplete run directories."""
     from custseg.rundir import ArtifactStore, collect_garbage
@@ -413,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         log_file = _log_file(args)
         _setup_logging(args.verbose, log_file)
         handler = {"run": cmd_run, "predict": cmd_predict, "show": cmd_show, "runs": cmd_runs,
-                   "gc": cmd_gc, "generate": cmd_generate}  # fmt: skip
+                   "gc": cmd_gc, "serve": cmd_serve, "generate": cmd_generate}  # fmt: skip
         return handler[args.command](args)
     except InputError as exc:
         if any(getattr(h, "stream", None) for h in _HANDLERS if isinstance(h, _LazyFileHandler)):

@@ -254,7 +254,7 @@ def _saved_segments(run: RunDir) -> Any:
 def _saved_profile(run: RunDir) -> Any:
     from custseg.pipeline import Profile
 
-    return Profile(run.load_profile())
+    return Profile(run.load_profile(), distances=run.segment_distances())
 
 
 def run_step(name: str, run_dir: str, *, ks: Sequence[int] | None = None) -> Any:

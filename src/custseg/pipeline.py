@@ -127,10 +127,12 @@ class Segments:
 
 @dataclass(frozen=True)
 class Profile:
-    """One row per segment (size, share, label, centroid and means) and the scatter plot."""
+    """One row per segment (size, share, label, centroid and means), the scatter plot, and
+    each segment's distance percentiles (scaled units: what scoring flags novelty against)."""
 
     table: pd.DataFrame
     plot: bytes = b""
+    distances: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -337,7 +339,26 @@ def profile(ctx: Context, prepared: PreparedData, segments: Segments) -> Profile
     table = profile_segments(prepared.X, segments.labels, centroids, prepared.features)
     plot = segments_png(prepared.X, segments.labels, centroids, prepared.features,
                         list(table["label"]), seed=ctx.config.seed)  # fmt: skip
-    return Profile(table, plot)
+    return Profile(table, plot, segment_distances(segments.model, prepared, segments.labels))
+
+
+def segment_distances(model: Any, prepared: PreparedData, labels: np.ndarray) -> dict[str, Any]:
+    """Per segment, the p50/p95/p99 of its customers' distances to its centroid, in the
+    model's scaled units (on at most 200,000 rows, drawn with a fixed seed)."""
+    import pandas as pd
+
+    X, lab = prepared.X, np.asarray(labels)
+    if len(X) > 200_000:
+        rows = np.sort(np.random.default_rng(0).choice(len(X), 200_000, replace=False))
+        X, lab = X[rows], lab[rows]
+    frame = pd.DataFrame(X, columns=list(prepared.features), copy=False)
+    dist = model.transform(frame)[np.arange(len(lab)), lab]
+    out = {}
+    for seg in np.unique(lab):
+        p50, p95, p99 = np.quantile(dist[lab == seg], [0.5, 0.95, 0.99])
+        out[str(int(seg))] = {"p50": round(float(p50), 6), "p95": round(float(p95), 6),
+                              "p99": round(float(p99), 6)}  # fmt: skip
+    return out
 
 
 def write_profile(ctx: Context, profile: Profile) -> None:
@@ -345,6 +366,7 @@ def write_profile(ctx: Context, profile: Profile) -> None:
     run = _run(ctx)
     run.save_profile(profile.table)
     run.write_bytes(SEGMENTS_PNG, profile.plot)
+    run.save_segment_distances(profile.distances)
 
 
 def score_customers(
@@ -414,6 +436,7 @@ def finish(
         "data_sha256": summary["data_sha256"],
         "model_sha256": run.model_sha256(),
         "segments": profile.table.to_dict(orient="records"),
+        "segment_distances": profile.distances,
         "predictions": predictions,
         "warnings": warnings,
         "versions": {

@@ -60,6 +60,7 @@ _FIT = f"{WORK}/fit.json"
 _FIT_MODEL = f"{WORK}/fit-model.skops"
 _LABELS = f"{WORK}/labels.parquet"
 _SEGMENTS = f"{WORK}/segments.json"
+_DISTANCES = f"{WORK}/distances.json"
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -296,6 +297,14 @@ class RunDir:
         import pandas as pd
 
         return pd.read_csv(io.BytesIO(self.read_bytes(PROFILE)))
+
+    def save_segment_distances(self, distances: dict[str, Any]) -> None:
+        """Each segment's distance percentiles (`work/distances.json`)."""
+        self.write_json(_DISTANCES, distances)
+
+    def segment_distances(self) -> dict[str, Any]:
+        """What `save_segment_distances` wrote."""
+        return self.read_json(_DISTANCES)
 
     def save_segments_info(self, info: dict[str, Any]) -> None:
         """What the alignment step decided (`work/segments.json`)."""
