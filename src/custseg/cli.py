@@ -103,6 +103,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--out", default="artifacts", help="artifacts root (OUT)")
 
+    score = sub.add_parser(
+        "score",
+        help="score new customers and measure drift against the training run",
+        description="Assign new customers to segments (segment, name, distance, margin, "
+        "novelty) and compare them with the model's training reference: per-feature PSI and "
+        "KS, the segment mix (PSI, chi-square), the novelty share and the distance ratio, each "
+        "with a verdict. Writes predictions.csv, drift.json and drift.html into a new folder "
+        "(default: OUT/scores/<id> when --model is an artifacts root).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
+    )
+    score.add_argument(
+        "--model",
+        default="artifacts",
+        help="artifacts root (uses latest.json), run directory or model.skops",
+    )
+    score.add_argument("--input", required=True, help="customers to score")
+    score.add_argument("--out", help="new folder for the score set")
+    score.add_argument("--psi-moderate", type=float, default=0.1, help="PSI of moderate drift")
+    score.add_argument(
+        "--psi-significant", type=float, default=0.2, help="PSI of significant drift"
+    )
+
     srv = sub.add_parser(
         "serve",
         help="score customers over HTTP with the promoted model (FastAPI on uvicorn)",
@@ -328,6 +351,37 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score new customers and measure drift."""
+    from custseg import storage
+    from custseg.drift import Thresholds
+    from custseg.rundir import ArtifactStore, new_run_id, resolve_run
+    from custseg.scoring import score_customers_with_drift, write_score_set
+
+    if not 0 < args.psi_moderate < args.psi_significant:
+        raise InputError(f"--psi-moderate={args.psi_moderate} must be > 0 and below "
+                         f"--psi-significant={args.psi_significant}")  # fmt: skip
+    run = resolve_run(args.model)
+    out = args.out
+    if out is None:
+        is_root = storage.exists(storage.join(args.model, "latest.json"))
+        base = ArtifactStore(args.model).root if is_root else "."
+        out = storage.join(base, "scores", new_run_id())
+    thresholds = Thresholds(psi_moderate=args.psi_moderate,
+                            psi_significant=args.psi_significant)  # fmt: skip
+    result = score_customers_with_drift(run, args.input, thresholds=thresholds)
+    folder = write_score_set(result, out)
+    d = result.drift
+    say(f"scored {d['n_rows']} customers with run {run.run_id} -> {folder}")
+    say(
+        f"drift: {d['overall']} ({', '.join(f'{k} {v}' for k, v in d['verdicts'].items())}); "
+        f"novelty share {d['novelty_share']:.1%}, distance ratio {d['distance_ratio']:.2f}"
+    )
+    for name, f in d["features"].items():
+        say(f"  {name}: PSI {f['psi']:.3f}, KS {f['ks_stat']:.3f} ({f['verdict']})")
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP scoring service until interrupted."""
     try:
@@ -446,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         log_file = _log_file(args)
         _setup_logging(args.verbose, log_file)
         handler = {"run": cmd_run, "predict": cmd_predict, "show": cmd_show, "runs": cmd_runs,
-                   "gc": cmd_gc, "serve": cmd_serve, "generate": cmd_generate}  # fmt: skip
+                   "gc": cmd_gc, "serve": cmd_serve, "score": cmd_score,
+                   "generate": cmd_generate}  # fmt: skip
         return handler[args.command](args)
     except InputError as exc:
         if any(getattr(h, "stream", None) for h in _HANDLERS if isinstance(h, _LazyFileHandler)):

@@ -267,6 +267,19 @@ def model_info(model: Any) -> ModelInfo:
     )
 
 
+def assign(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's nearest segment, its distance to that centroid and the margin to the
+    second-nearest one (inf with k = 1), in the model's scaled units."""
+    frame = pd.DataFrame(X, columns=list(model_info(model).features), copy=False)
+    dist = model.transform(frame)
+    order = np.argsort(dist, axis=1)
+    rows = np.arange(len(X))
+    nearest = order[:, 0]
+    d1 = dist[rows, nearest]
+    d2 = dist[rows, order[:, 1]] if dist.shape[1] > 1 else np.full(len(X), np.inf)
+    return nearest, d1, d2 - d1
+
+
 OUT_OF_RANGE_MARGIN = 0.10
 """A test value is flagged when it lies beyond the training range by over 10% of its width."""
 

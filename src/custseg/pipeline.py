@@ -133,6 +133,7 @@ class Profile:
     table: pd.DataFrame
     plot: bytes = b""
     distances: dict[str, dict[str, float]] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -339,13 +340,19 @@ def profile(ctx: Context, prepared: PreparedData, segments: Segments) -> Profile
     table = profile_segments(prepared.X, segments.labels, centroids, prepared.features)
     plot = segments_png(prepared.X, segments.labels, centroids, prepared.features,
                         list(table["label"]), seed=ctx.config.seed)  # fmt: skip
-    return Profile(table, plot, segment_distances(segments.model, prepared, segments.labels))
+    distances, reference = segment_distances(segments.model, prepared, segments.labels)
+    return Profile(table, plot, distances, reference)
 
 
-def segment_distances(model: Any, prepared: PreparedData, labels: np.ndarray) -> dict[str, Any]:
-    """Per segment, the p50/p95/p99 of its customers' distances to its centroid, in the
-    model's scaled units (on at most 200,000 rows, drawn with a fixed seed)."""
+def segment_distances(
+    model: Any, prepared: PreparedData, labels: np.ndarray
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per segment, the p50/p95/p99 of its customers' distances to its centroid (the model's
+    scaled units), and the drift reference (`custseg.drift.training_reference`); both on at
+    most 200,000 rows drawn with a fixed seed."""
     import pandas as pd
+
+    from custseg.drift import training_reference
 
     X, lab = prepared.X, np.asarray(labels)
     if len(X) > 200_000:
@@ -358,7 +365,8 @@ def segment_distances(model: Any, prepared: PreparedData, labels: np.ndarray) ->
         p50, p95, p99 = np.quantile(dist[lab == seg], [0.5, 0.95, 0.99])
         out[str(int(seg))] = {"p50": round(float(p50), 6), "p95": round(float(p95), 6),
                               "p99": round(float(p99), 6)}  # fmt: skip
-    return out
+    k = int(model[-1].n_clusters)
+    return out, training_reference(X, prepared.features, lab, dist, k)
 
 
 def write_profile(ctx: Context, profile: Profile) -> None:
@@ -367,6 +375,7 @@ def write_profile(ctx: Context, profile: Profile) -> None:
     run.save_profile(profile.table)
     run.write_bytes(SEGMENTS_PNG, profile.plot)
     run.save_segment_distances(profile.distances)
+    run.save_reference(profile.reference)
 
 
 def score_customers(

@@ -46,6 +46,7 @@ PREDICTIONS = "predictions.csv"
 PROFILE = "profile.csv"
 ASSIGNMENTS = "assignments.parquet"
 SSE = "sse.csv"
+REFERENCE = "reference.json"
 ELBOW_PNG = "elbow.png"
 SELECTION_PNG = "selection.png"
 SEGMENTS_PNG = "segments.png"
@@ -305,6 +306,17 @@ class RunDir:
     def segment_distances(self) -> dict[str, Any]:
         """What `save_segment_distances` wrote."""
         return self.read_json(_DISTANCES)
+
+    def save_reference(self, reference: dict[str, Any]) -> None:
+        """`reference.json`: what drift is measured against (see `custseg.drift`)."""
+        self.write_json(REFERENCE, reference)
+
+    def reference(self) -> dict[str, Any]:
+        """The run's drift reference; an `InputError` for runs trained before it existed."""
+        if not self.exists(REFERENCE):
+            raise InputError(f"{self.uri}: no {REFERENCE} (trained by an older custseg); "
+                             "retrain with `custseg run` to measure drift")  # fmt: skip
+        return self.read_json(REFERENCE)
 
     def save_segments_info(self, info: dict[str, Any]) -> None:
         """What the alignment step decided (`work/segments.json`)."""

@@ -182,20 +182,15 @@ def _number(value: Any, i: int, key: str) -> float:
 
 def score(served: Served, X: np.ndarray) -> list[dict[str, Any]]:
     """Segment, name, distance, margin to the second-nearest centroid and novelty per row."""
-    import pandas as pd
+    from custseg.model import assign
 
-    frame = pd.DataFrame(X, columns=list(served.features))
-    dist = served.model.transform(frame)
-    order = np.argsort(dist, axis=1)
-    nearest = order[:, 0]
-    d1 = dist[np.arange(len(X)), nearest]
-    d2 = dist[np.arange(len(X)), order[:, 1]] if dist.shape[1] > 1 else np.full(len(X), np.inf)
+    nearest, dist, margin = assign(served.model, X)
     out = []
-    for seg, a, b in zip(nearest.tolist(), d1.tolist(), d2.tolist(), strict=True):
+    for seg, a, m in zip(nearest.tolist(), dist.tolist(), margin.tolist(), strict=True):
         limit = served.novelty.get(seg)
         out.append({
             "segment": seg, "segment_name": served.labels.get(seg, ""),
-            "distance": round(a, 6), "margin": None if math.isinf(b) else round(b - a, 6),
+            "distance": round(a, 6), "margin": None if math.isinf(m) else round(m, 6),
             "novel": None if limit is None else bool(a > limit),
         })  # fmt: skip
     return out

@@ -1,0 +1,134 @@
+"""Score new customers with a trained run: predictions and drift against the run's reference.
+
+`score_customers_with_drift` computes (library function); `write_score_set` writes a score set
+(`predictions.csv`, `drift.json`, `drift.html`) into a new folder, atomically: it is built
+beside the target and renamed into place, so no half-written score set is ever visible.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from custseg.drift import Thresholds, drift_report
+from custseg.rundir import RunDir
+from custseg.sanitize import csv_bytes, logger
+
+log = logger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoreSet:
+    """Predictions for new customers and their drift report."""
+
+    predictions: pd.DataFrame
+    drift: dict[str, Any]
+
+
+def score_customers_with_drift(
+    run: RunDir, input_path: str, *, thresholds: Thresholds | None = None
+) -> ScoreSet:
+    """Segment, name, distance, margin and novelty of every customer of `input_path`, and
+    the drift of those customers against the run's training reference."""
+    from custseg.io import load_customers
+    from custseg.model import assign, model_info
+
+    model = run.load_model(verify=True)
+    metrics, reference = run.metrics(), run.reference()
+    info = model_info(model)
+    table = load_customers(input_path, features=info.features,
+                           needed_by=f"the model in {run.uri}")  # fmt: skip
+    X = table.frame[list(table.features)].to_numpy(dtype=np.float64)
+    ok = ~np.isnan(X).any(axis=1)
+    nearest, dist, margin = assign(model, X[ok])
+    p99 = {int(k): v["p99"] for k, v in (metrics.get("segment_distances") or {}).items()}
+    novel = np.array([d > p99.get(int(s), np.inf) for s, d in zip(nearest, dist, strict=True)],
+                     dtype=bool)  # fmt: skip
+    names = {int(s["segment"]): s["label"] for s in metrics["segments"]}
+    out = table.frame[[table.id_column]].copy() if table.id_column else pd.DataFrame(
+        {"row": np.arange(1, len(X) + 1)})  # fmt: skip
+    for j, f in enumerate(table.features):
+        out[f] = X[:, j]
+    out["segment"] = pd.array(np.full(len(X), pd.NA), dtype="Int64")
+    out.loc[ok, "segment"] = nearest
+    out["segment_name"] = ""
+    out.loc[ok, "segment_name"] = [names.get(int(s), "") for s in nearest]
+    for name, values in (("distance", dist), ("margin", margin)):
+        out[name] = np.nan
+        out.loc[ok, name] = np.round(np.where(np.isinf(values), np.nan, values), 6)
+    out["novel"] = False
+    out.loc[ok, "novel"] = novel
+    drift = drift_report(reference, X[ok], info.features, nearest, dist, novel,
+                         reference_run_id=run.run_id, thresholds=thresholds)  # fmt: skip
+    drift["input"] = str(input_path)
+    drift["n_rows_unscored"] = int((~ok).sum())
+    log.info("scored %d customers with run %s: drift %s (novelty share %.1f%%)", int(ok.sum()),
+             run.run_id, drift["overall"], 100 * drift["novelty_share"])  # fmt: skip
+    return ScoreSet(out, drift)
+
+
+def drift_html(drift: dict[str, Any]) -> str:
+    """A one-page summary of `drift.json` for a person."""
+    rows = "".join(
+        f"<tr><td>{html.escape(f)}</td><td>{v['psi']:.3f}</td><td>{v['ks_stat']:.3f}</td>"
+        f"<td>{v['ks_p']:.3g}</td><td>{v['verdict']}</td></tr>"
+        for f, v in drift["features"].items()
+    )
+    seg = drift["segments"]
+    mix = "".join(
+        f"<tr><td>{i}</td><td>{a:.1%}</td><td>{b:.1%}</td></tr>"
+        for i, (a, b) in enumerate(zip(seg["training"], seg["scoring"], strict=True))
+    )
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Drift against run {html.escape(drift["reference_run_id"])}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:1.5rem auto;max-width:900px}}
+td,th{{padding:.25rem .6rem;border-bottom:1px solid #ddd}}</style></head><body>
+<h1>Drift: {html.escape(drift["overall"])}</h1>
+<p>{drift["n_rows"]} customers scored against run {html.escape(drift["reference_run_id"])};
+novelty share {drift["novelty_share"]:.1%}; mean distance {drift["distance_ratio"]:.2f}x
+training. Verdicts: {html.escape(json.dumps(drift["verdicts"]))}.</p>
+<h2>Features</h2><table><tr><th>feature</th><th>PSI</th><th>KS</th><th>KS p</th>
+<th>verdict</th></tr>{rows}</table>
+<h2>Segment mix (PSI {seg["psi"]:.3f}, chi-square p {seg["chi2_p"]:.3g}:
+{html.escape(seg["verdict"])})</h2>
+<table><tr><th>segment</th><th>training</th><th>scoring</th></tr>{mix}</table></body></html>
+"""
+
+
+def write_score_set(score: ScoreSet, folder: str | os.PathLike[str]) -> Path:
+    """Write `predictions.csv`, `drift.json` and `drift.html` into the new folder `folder`,
+    atomically (built beside it, then renamed); refuses an existing folder."""
+    from custseg.errors import InputError
+    from custseg.rundir import json_bytes
+
+    target = Path(folder).absolute()
+    if target.exists():
+        raise InputError(f"{target}: exists already; score into a new folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        (tmp / "predictions.csv").write_bytes(csv_bytes(score.predictions))
+        (tmp / "drift.json").write_bytes(json_bytes(score.drift))
+        (tmp / "drift.html").write_text(drift_html(score.drift))
+        os.chmod(tmp, 0o777 & ~_umask())
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
