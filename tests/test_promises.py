@@ -49,8 +49,9 @@ def test_identical_rows_without_an_id_are_all_kept(tmp_path):
     assert data.n_rows_used == 4 and data.dropped == {}
 
 
-def test_blank_lines_between_rows_are_not_counted_in_line_numbers(tmp_path):
-    """The README says blank lines between data rows shift the numbers after them."""
+def test_line_numbers_are_the_files_own_across_blank_lines_and_quoted_newlines(tmp_path):
+    """Blank lines used to shift the numbers after them, and so did a quoted field holding a
+    line break (issue: warning lines off by one); both now count as the file's lines."""
     path = write(
         tmp_path / "b.csv",
         "CustomerID,Annual Income (k$),Spending Score (1-100)\n"
@@ -58,7 +59,12 @@ def test_blank_lines_between_rows_are_not_counted_in_line_numbers(tmp_path):
     )
     data = prepare_features(load_customers(str(path)))
     assert data.dropped == {"non_numeric": 1}
-    assert "line 3: 'abc'" in " ".join(data.warnings)  # the file's own line 4, shifted by 1
+    assert "line 4: 'abc'" in " ".join(data.warnings)  # the file's own line
+    quoted = write(tmp_path / "q.csv", "CustomerID,Note,Annual Income (k$),Spending Score (1-100)\n"
+                   '1,"two\nlines",10,20\n2,x,abc,30\n'
+                   + "".join(f"{i},y,{i},{i}\n" for i in range(3, 12)))  # fmt: skip
+    data = prepare_features(load_customers(str(quoted)))
+    assert "line 4: 'abc'" in " ".join(data.warnings), data.warnings
 
 
 GOOD = "CustomerID,Annual Income (k$),Spending Score (1-100)\n" + "".join(

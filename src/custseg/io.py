@@ -84,10 +84,63 @@ class CustomerTable:
         """What `line_of` counts: `line` of a CSV file, `row` of a Parquet file."""
         return "row" if self.file_format == "parquet" else "line"
 
+    delimiter: str = ","
+
     def line_of(self, row: int) -> int:
-        """1-based line of data row `row` (the header is on `header_line`, usually 1; blank
-        lines between data rows are not counted); Parquet rows count from 1."""
-        return row + self.header_line + 1 if self.file_format != "parquet" else row + 1
+        """1-based line of the file on which data row `row` starts; Parquet rows count from 1.
+
+        Quoted fields may span lines, so a CSV's rows are mapped to lines by reading the file
+        up to that row (on the error and warning paths only, and only the prefix needed)."""
+        if self.file_format == "parquet":
+            return row + 1
+        return line_map(self.source, self.file_format, self.delimiter, self.header_line)(row)
+
+
+class _LineMap:
+    """Starting lines of a CSV's data rows, parsed lazily as far as asked (csv module: quoted
+    fields may hold line breaks; blank lines hold no row, as for pyarrow)."""
+
+    def __init__(self, uri: str, kind: str, delimiter: str, header_line: int) -> None:
+        self.uri, self.kind, self.delimiter, self.header_line = uri, kind, delimiter, header_line
+        self.starts: list[int] = []
+        self._rows: Any = None
+
+    def _reader(self) -> Any:
+        import csv
+
+        raw = _open_text_stream(self.uri, self.kind)
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+        for _ in range(self.header_line):
+            text.readline()
+        reader = csv.reader(text, delimiter=self.delimiter)
+        before = 0
+        for record in reader:
+            if record:
+                yield self.header_line + before + 1
+            before = reader.line_num
+
+    def __call__(self, row: int) -> int:
+        if self._rows is None:
+            self._rows = self._reader()
+        while len(self.starts) <= row:
+            start = next(self._rows, None)
+            if start is None:  # the file changed since it was read: the simple count
+                return row + self.header_line + 1
+            self.starts.append(start)
+        return self.starts[row]
+
+
+_LINE_MAPS: dict[tuple[str, str, str, int], _LineMap] = {}
+
+
+def line_map(uri: str, file_format: str, delimiter: str, header_line: int) -> _LineMap:
+    """The (cached) row -> line map of a CSV file."""
+    kind = file_format.removeprefix("csv+") if file_format.startswith("csv+") else "csv"
+    key = (uri, kind, delimiter, header_line)
+    if key not in _LINE_MAPS:
+        _LINE_MAPS.clear()  # one file at a time: the map of the file being reported on
+        _LINE_MAPS[key] = _LineMap(uri, kind, delimiter, header_line)
+    return _LINE_MAPS[key]
 
 
 def normalize_name(name: str) -> str:
@@ -548,7 +601,8 @@ def _load(
             log.info("%s: detected delimiter %r", uri, delimiter)
         if len(header) == 1 and not all(_name_keys(f) & _name_keys(header[0]) for f in features):
             raise InputError(
-                f"{uri}: the header is one column {header[0][:60]!r}: no , ; tab or | delimiter "
+                f"{uri}: the header is one column {columns_excerpt(header)[1:-1]}: no , ; tab or | "
+                "delimiter "
                 "found; export the table with one of those delimiters"
             )
         feats = [resolve_column(f, header, source=uri, needed_by=needed_by) for f in features]
@@ -573,7 +627,9 @@ def _load(
         raise InputError(f"{uri}: header only, no data rows; the table has no customers")
 
     def line_of(row: int) -> int:
-        return row + header_line + 1 if file_format != "parquet" else row + 1
+        if file_format == "parquet":
+            return row + 1
+        return line_map(uri, file_format, delimiter, header_line)(row)
 
     word = "row" if file_format == "parquet" else "line"
     frame, invalid, warnings = _feature_frame(uri, table, feats, idc, line_of, word)
@@ -592,6 +648,7 @@ def _load(
         invalid=invalid,
         warnings=tuple(warnings),
         header_line=header_line,
+        delimiter=delimiter if file_format != "parquet" else ",",
     )
 
 
@@ -746,6 +803,7 @@ def save_table(table: CustomerTable, uri: str) -> None:
         "sha256": table.sha256,
         "warnings": list(table.warnings),
         "header_line": table.header_line,
+        "delimiter": table.delimiter,
     }
     write_parquet(frame, uri, metadata=meta)
 
@@ -785,4 +843,5 @@ def read_table(uri: str) -> CustomerTable:
         invalid=invalid,
         warnings=tuple(meta["warnings"]),
         header_line=int(meta.get("header_line", 1)),
+        delimiter=str(meta.get("delimiter", ",")),
     )
