@@ -78,6 +78,8 @@ airflow: venv
 		AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AIRFLOW_PORT) \
 		AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin \
 		AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated \
+		AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=$$(( $(AIRFLOW_PORT) + 713 )) \
+		AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=$$(( $(AIRFLOW_PORT) + 714 )) \
 		AIRFLOW__CORE__PARALLELISM=4 $(BIN)/airflow standalone
 
 lint: dev-venv
