@@ -172,7 +172,7 @@ BAD_FILES: dict[str, tuple[bytes | str, tuple[str, ...], tuple[str, ...]]] = {
     "unknown_delimiter": (
         GOOD.replace(",", ":"),
         (),
-        ("header is one column 'CustomerID:Genre:Age:", "no , ; tab or | delimiter"),
+        ("the header line has no , ; tab or | delimiter (one column)",),
     ),
     "damaged_gzip": (gzip.compress(GOOD.encode())[:40], (), ("gzip file is damaged",)),
     "zip_with_two_files": (

@@ -601,9 +601,8 @@ def _load(
             log.info("%s: detected delimiter %r", uri, delimiter)
         if len(header) == 1 and not all(_name_keys(f) & _name_keys(header[0]) for f in features):
             raise InputError(
-                f"{uri}: the header is one column {columns_excerpt(header)[1:-1]}: no , ; tab or | "
-                "delimiter "
-                "found; export the table with one of those delimiters"
+                f"{uri}: the header line has no , ; tab or | delimiter (one column), so this is "
+                "not a table custseg can read; export it with one of those delimiters"
             )
         feats = [resolve_column(f, header, source=uri, needed_by=needed_by) for f in features]
         _check_distinct(uri, features, feats)

@@ -176,12 +176,19 @@ def test_secrets_under_airflow_home_and_dot_directories_are_refused(tmp_path, mo
     )
 
 
-def test_error_messages_quote_only_a_short_excerpt(tmp_path):
+def test_error_messages_quote_no_content_of_a_file_that_is_no_table(tmp_path):
+    """The password file's content was printed as 'columns' in the task log."""
     path = tmp_path / "secret.csv"
-    path.write_text('{"admin": "a-very-long-password-that-must-not-be-printed-in-full"}\n1\n')
+    path.write_text('{"admin": "pw1"}\n1\n')
     with pytest.raises(InputError) as err:
         load_customers(str(path))
-    assert "a-very-long-password-that-must-not-be-printed-in-full" not in str(err.value)
+    assert "pw1" not in str(err.value) and "admin" not in str(err.value)
+    wide = tmp_path / "wide.csv"
+    wide.write_text(",".join(f"column_{'x' * 60}_{i}" for i in range(40)) + "\n" +
+                    ",".join("1" for _ in range(40)) + "\n")  # fmt: skip
+    with pytest.raises(InputError) as err:
+        load_customers(str(wide))
+    assert "and 28 more" in str(err.value) and "x" * 40 not in str(err.value)
 
 
 def test_an_artifacts_root_that_is_a_file_or_has_a_nul_fails_at_once(tmp_path, capsys):
