@@ -143,3 +143,70 @@ def test_sse_csv_has_one_row_per_k(tmp_path, sample_csv):
                            input_path=str(sample_csv), out=str(tmp_path))  # fmt: skip
     sse = pd.read_csv(f"{summary['run_dir']}/sse.csv")
     assert sse["k"].tolist() == [2, 3, 4, 5, 6, 7] and sse["sse"].is_monotonic_decreasing
+
+
+def test_confidence_thresholds():
+    """high: >= 3 of 4 criteria and >= 80% of resamples agree; medium: >= 2 of 4 and >= 60%;
+    else low; k = 1 is high when Hopkins' p > 0.1."""
+    from custseg.criteria import Stability, _confidence
+
+    def stab(agreement):
+        return Stability(agreement, (), 0.9)
+
+    assert _confidence(5, 0.75, stab(0.8), 0.0) == "high"
+    assert _confidence(5, 0.75, stab(0.79), 0.0) == "medium"
+    assert _confidence(5, 0.5, stab(0.6), 0.0) == "medium"
+    assert _confidence(5, 0.5, stab(0.59), 0.0) == "low"
+    assert _confidence(5, 0.25, stab(1.0), 0.0) == "low"
+    assert _confidence(1, 0.0, stab(float("nan")), 0.2) == "high"
+    assert _confidence(1, 0.0, stab(float("nan")), 0.05) == "medium"
+
+
+def test_vote_tie_break_goes_to_the_higher_mean_normalised_score():
+    from custseg.criteria import combine
+
+    values = {"silhouette": {2: 0.5, 3: 0.9}, "calinski_harabasz": {2: 10.0, 3: 20.0},
+              "davies_bouldin": {2: 0.5, 3: 0.4}}  # fmt: skip
+    # one vote each for 2 and 3: the tie goes to 3, better on every normalised criterion
+    assert combine(values, {"silhouette": 2, "calinski_harabasz": 3}) == 3
+    assert combine(values, {"silhouette": 2, "calinski_harabasz": 2, "gap": 3}) == 2
+
+
+def test_a_single_blob_gives_one_segment_by_the_gap_rule():
+    """Not uniform (Hopkins rejects uniformity) but one Gaussian blob: the gap at the voted
+    k is not one standard error above k = 1, so auto answers 1."""
+    from custseg.criteria import CriteriaScorer, choose_auto
+    from custseg.sweep import sweep_k
+
+    X = np.random.default_rng(3).normal(size=(1500, 2))
+    X = (X - X.min(0)) / np.ptp(X, 0)
+    sweep = sweep_k(X, range(1, 9), seed=2, n_init=3, scorer=CriteriaScorer(X, seed=2))
+    sel = choose_auto(sweep, X, seed=2)
+    assert sel.chosen_k == 1, sel.reason
+    assert "gap statistic" in sel.reason and sel.details["gap_gain_over_k1"] <= 0
+    assert sel.details["hopkins"]["p_value"] < 0.01  # structured, yet one segment
+
+
+def test_latest_json_is_written_last_on_object_storage(monkeypatch, sample_csv):
+    """On object storage there is no rename: metrics.json, then latest.json, are the last two
+    writes of a run, so a reader never sees a pointer to an incomplete run."""
+    import uuid
+
+    from custseg import storage
+    from custseg.options import PipelineConfig
+    from custseg.pipeline import run_pipeline
+
+    writes: list[str] = []
+    for name in ("write_bytes", "replace_atomic"):
+        real = getattr(storage, name)
+
+        def spy(uri, data, _real=real):
+            _real(uri, data)
+            writes.append(uri.rsplit("/", 1)[-1])
+
+        monkeypatch.setattr(storage, name, spy)
+    root = f"memory://custseg-{uuid.uuid4().hex[:8]}"
+    run_pipeline(PipelineConfig(k_max=3, n_init=2, select="elbow"), input_path=str(sample_csv),
+                 out=root)  # fmt: skip
+    assert writes[-2:] == ["metrics.json", "latest.json"]
+    assert {"model.skops", "report.html", "profile.csv"} <= set(writes[:-2])

@@ -269,10 +269,10 @@ def run_tasks(
     """
     n = max(1, min(workers or default_workers(), len(items)))
     left = dict(enumerate(items))
-    why = _no_workers_reason()
-    if n == 1:
+    why = _no_workers_reason()  # the first reason that applies is the one logged
+    if why is None and n == 1:
         why = "1 worker"
-    elif len(items) < PARALLEL_MIN_TASKS or rows < PARALLEL_MIN_ROWS:
+    elif why is None and (len(items) < PARALLEL_MIN_TASKS or rows < PARALLEL_MIN_ROWS):
         why = f"small job: {len(items)} tasks, {rows} rows"
     if why is None:
         log.info("%s: %d tasks on %d worker processes", what, len(items), n)

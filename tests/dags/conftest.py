@@ -17,13 +17,33 @@ ROOT = Path(__file__).resolve().parents[2]
 TMP_BASE = Path(tempfile.mkdtemp(prefix="custseg-dag-tests-"))
 ARTIFACTS = TMP_BASE / "artifacts"
 
-# Params may only name paths inside these roots: the project, the shared data beside it
-# (Mall Customers) and this session's temporary directory.
-os.environ["CUSTSEG_ALLOWED_ROOTS"] = os.pathsep.join(
-    [str(ROOT), str(ROOT.parent / "shared" / "data"), str(TMP_BASE)]
-)
-os.environ["CUSTSEG_ARTIFACTS_ROOT"] = str(ARTIFACTS)
-os.environ.pop("CUSTSEG_HOME", None)
+DAG_ENV = {
+    # Params may only name paths inside these roots: the project, the shared data beside it
+    # (Mall Customers) and this session's temporary directory.
+    "CUSTSEG_ALLOWED_ROOTS": os.pathsep.join(
+        [str(ROOT), str(ROOT.parent / "shared" / "data"), str(TMP_BASE)]
+    ),
+    "CUSTSEG_ARTIFACTS_ROOT": str(ARTIFACTS),
+    "CUSTSEG_HOME": None,
+}
+
+
+@pytest.fixture(scope="package", autouse=True)
+def dag_environment():
+    """custseg's roots for the DAG tests only: set when the first test of tests/dags starts,
+    restored when the last one ends (the rest of the suite never sees them)."""
+    saved = {name: os.environ.get(name) for name in DAG_ENV}
+    for name, value in DAG_ENV.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def pytest_sessionfinish(session, exitstatus):

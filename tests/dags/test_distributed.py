@@ -207,8 +207,17 @@ def test_dag_runs_on_celery_cluster(tmp_path, postgres_db, redis_queue, sample_c
     sweeps = [ti for ti in tis if ti["task_id"] == "sweep_k_task"]
     assert sorted(ti["map_index"] for ti in sweeps) == list(range(SWEEP_BATCHES)), table
     assert all(ti["state"] == "success" for ti in tis), table
-    assert {ti["hostname"] for ti in sweeps} == set(WORKERS), table  # both workers swept
+    # which worker takes which task is Celery's dispatch timing: only that they are ours
     assert {ti["hostname"] for ti in tis} <= set(WORKERS), table
+    # every task goes to [operators] default_queue ("default" unless set; a unique one here,
+    # so that no other worker on this Redis takes our tasks), none to a queue of its own
+    assert {ti["queue"] for ti in tis} == {queue}, table
+    # a prefork Celery worker's processes are daemonic: the sweep runs in-process and says so
+    logs = [p.read_text(errors="replace")
+            for p in (home / "logs").rglob("*task_id=sweep_k_task*/**/*.log")]  # fmt: skip
+    sweep_lines = [ln[:300] for t in logs for ln in t.splitlines() if "sweep" in ln]
+    assert logs and all("running in-process (daemonic processes are not allowed to have "
+                        "children)" in text for text in logs), sweep_lines  # fmt: skip
 
     latest = json.loads((artifacts_root / "latest.json").read_text())
     run_dir = Path(latest["run_dir"].removeprefix("file://"))
