@@ -292,11 +292,11 @@ def _read_capped(uri: str, stream: IO[bytes], kind: str) -> bytes:
     return b"".join(parts)
 
 
-def read_text_bytes(uri: str, kind: str) -> bytes:
-    """The whole decompressed CSV, without a UTF-8 BOM; a damaged archive is an `InputError`."""
+@contextlib.contextmanager
+def _damaged_archives_refused(uri: str, kind: str) -> Iterator[None]:
+    """Turn a decompression error into one `InputError` line (plain CSV errors pass)."""
     try:
-        with _open_text_stream(uri, kind) as stream:
-            data = stream.read() if kind == "csv" else _read_capped(uri, stream, kind)
+        yield
     except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as exc:
         if kind == "csv":
             raise
@@ -307,6 +307,12 @@ def read_text_bytes(uri: str, kind: str) -> bytes:
         if kind != "zstd":
             raise
         raise InputError(f"{uri}: zstd file is damaged or truncated ({exc})") from None
+
+
+def read_text_bytes(uri: str, kind: str) -> bytes:
+    """The whole decompressed CSV, without a UTF-8 BOM; a damaged archive is an `InputError`."""
+    with _damaged_archives_refused(uri, kind), _open_text_stream(uri, kind) as stream:
+        data = stream.read() if kind == "csv" else _read_capped(uri, stream, kind)
     return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
 
 
@@ -471,22 +477,15 @@ def read_head(uri: str, kind: str) -> bytes:
     and the whole header line however long, up to `MAX_HEADER_BYTES`; a longer header line
     is an `InputError` saying so. Only this much is decompressed, so a file that is not a
     table is refused before the rest is read or hashed."""
-    try:
-        with _open_text_stream(uri, kind) as stream:
-            head = stream.read(_HEAD_BYTES + 3)
-            if head.startswith(b"\xef\xbb\xbf"):
-                head = head[3:]
-            while b"\n" not in head.lstrip(b"\r\n") and len(head) <= MAX_HEADER_BYTES:
-                more = stream.read(_HEAD_BYTES)
-                if not more:
-                    return head
-                head += more
-    except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as exc:
-        if kind == "csv":
-            raise
-        raise InputError(
-            f"{uri}: {kind} file is damaged or truncated ({exc}); compress or export it again"
-        ) from None
+    with _damaged_archives_refused(uri, kind), _open_text_stream(uri, kind) as stream:
+        head = stream.read(_HEAD_BYTES + 3)
+        if head.startswith(b"\xef\xbb\xbf"):
+            head = head[3:]
+        while b"\n" not in head.lstrip(b"\r\n") and len(head) <= MAX_HEADER_BYTES:
+            more = stream.read(_HEAD_BYTES)
+            if not more:
+                return head
+            head += more
     if b"\n" not in head.lstrip(b"\r\n") and len(head) > MAX_HEADER_BYTES:
         _decode_head(uri, head[:_HEAD_BYTES])  # a binary file says so first
         raise InputError(
