@@ -198,6 +198,7 @@ def test_follows_promotion_without_failing_a_request(root, sample_csv, tmp_path)
         assert statuses and set(statuses) == {200}, set(statuses)
         assert srv.client.get("/model").json()["run_id"] == "second"
         assert "model not loaded, keeping the previous one" in srv.text()
+        assert "custseg: serving run second (k=4)" in srv.text()
 
 
 def test_novelty_flags_customers_beyond_their_segments_p99(server, root):

@@ -318,7 +318,17 @@ def create_app(
 
 def app_from_env() -> Any:
     """The application configured by `CUSTSEG_SERVE_MODEL` and `CUSTSEG_SERVE_TOKEN` (what
-    `custseg serve --workers N` gives each uvicorn worker)."""
+    `custseg serve --workers N` gives each uvicorn worker); custseg's INFO lines (which model
+    is served, why one was refused) go to stderr beside uvicorn's."""
+    import logging
+
+    root = logging.getLogger("custseg")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     custseg: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
     return create_app(os.environ[ENV_MODEL], token=os.environ.get(ENV_TOKEN) or None)
 
 
