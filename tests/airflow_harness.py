@@ -30,10 +30,27 @@ USER, PASSWORD = "admin", "admin"
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, drawn below the kernel's
+    ephemeral range: a port the kernel handed out (bind to 0) can be handed out again, to
+    any outgoing connection, before the server we start binds it."""
+    import random
+
+    low, high = 20000, 32000
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        high = min(high, int(text[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}..{high}")
 
 
 def write_password_file(home: Path, users: Mapping[str, str] | None = None) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -17,18 +16,13 @@ import pytest
 
 from custseg.options import PipelineConfig
 from custseg.pipeline import run_pipeline
+from tests.airflow_harness import free_port
 
 httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.slow
 
 TOKEN = "test-token-1234"
 FEATURES = ["Annual Income (k$)", "Spending Score (1-100)"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -39,7 +33,7 @@ class Server:
 
     def __enter__(self) -> Server:
         for _attempt in range(3):
-            self.port = _port()
+            self.port = free_port()
             args = [sys.executable, "-m", "custseg.cli", "serve", "--model", str(self.model),
                     "--port", str(self.port)]  # fmt: skip
             env = {**os.environ, "CUSTSEG_SERVE_TOKEN": self.token or ""}
