@@ -138,8 +138,11 @@ def test_auth_health_model_metrics_and_docs(server):
     info = server.client.get("/model").json()
     assert info["run_id"] == "first" and info["features"] == FEATURES
     assert info["scaler"] == "minmax" and len(info["segments"]) == info["k"]
+    ok = server.client.post("/predict", json={FEATURES[0]: 40, FEATURES[1]: 60})
+    assert ok.status_code == 200
     text = server.client.get("/metrics").text
     assert 'custseg_requests_total{path="/predict",status="200"}' in text
+    assert 'custseg_requests_total{path="/predict",status="401"}' in text
     assert "custseg_request_seconds_bucket" in text
     docs = anon.get("/openapi.json").json()
     example = docs["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
