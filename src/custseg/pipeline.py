@@ -1,14 +1,14 @@
 """The pipeline, defined once as a list of steps, and its in-memory runner (the CLI's).
 
-    load -> prepare -> plan -> sweep -> fit -> align -> finish
+    load -> prepare -> plan -> sweep -> fit -> align -> profile -> finish
 
 Each `Step` names the values it needs and the one it makes, and computes it with the core
-functions (`io`, `preprocess`, `sweep`, `select`, `model`, `report`). What a step writes for
-people (model, plots, profile, metrics) it writes through the run's `RunDir` in `write`, on
-both runners. How values travel between steps is the runner's business: `run_in_memory`
-keeps them in memory (one process, the CLI); `custseg.orchestration.run_step` runs one step
-per Airflow task and hands values over through the run directory (`HANDOFF`). Both give the
-same artifacts for the same input and seed.
+functions (`io`, `preprocess`, `sweep`, `select`, `model`, `report`, `drift`). What a step
+writes for people (model, plots, profile, metrics) it writes through the run's `RunDir` in
+`write`, on both runners. How values travel between steps is the runner's business:
+`run_in_memory` keeps them in memory (one process, the CLI); `custseg.orchestration.run_step`
+runs one step per Airflow task and hands values over through the run directory (its `SAVE`
+and `LOAD`). Both give the same artifacts for the same input and seed.
 """
 
 from __future__ import annotations
