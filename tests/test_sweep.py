@@ -1,5 +1,6 @@
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -153,7 +154,11 @@ def test_sweep_falls_back_in_process_when_workers_cannot_start(caplog, monkeypat
     with caplog.at_level(logging.INFO, logger="custseg.sweep"):
         # a worker dies as it unpickles the scorer: its tasks run here instead
         died = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=2, scorer=StaysHere(0))
-        assert "worker processes failed: BrokenProcessPool" in caplog.text
+        # loky reports the broken pool at submit or at collect time, as the machine's load
+        # decides: either way the tasks that did not run here run in-process
+        assert re.search(r"(worker processes failed|cannot start worker processes): "
+                         r"BrokenProcessPool", caplog.text), caplog.text
+        assert "remaining tasks in-process" in caplog.text
         # a closure travels to the workers too (loky pickles with cloudpickle)
         closure = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=2,
                           scorer=lambda k, labels, sse: FailsAt(0)(k, labels, sse))  # fmt: skip
