@@ -156,8 +156,11 @@ def test_sweep_falls_back_in_process_when_workers_cannot_start(caplog, monkeypat
         died = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=2, scorer=StaysHere(0))
         # loky reports the broken pool at submit or at collect time, as the machine's load
         # decides: either way the tasks that did not run here run in-process
-        assert re.search(r"(worker processes failed|cannot start worker processes): "
-                         r"BrokenProcessPool", caplog.text), caplog.text
+        assert re.search(
+            r"(worker processes failed|cannot start worker processes): "
+            r"BrokenProcessPool",
+            caplog.text,
+        ), caplog.text
         assert "remaining tasks in-process" in caplog.text
         # a closure travels to the workers too (loky pickles with cloudpickle)
         closure = sweep_k(X, range(1, 9), seed=7, n_init=2, workers=2,
@@ -280,3 +283,20 @@ def test_start_workers_does_nothing_for_small_data():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"]
+
+
+def test_the_pool_uses_no_private_multiprocessing_internals():
+    """The sweep's pool used to subclass CPython's private popen_forkserver.Popen._launch
+    (which capped Python below 3.14); it is joblib's loky executor now."""
+    code = ("import sys, numpy as np; from custseg.sweep import sweep_k; "
+            "sweep_k(np.random.default_rng(0).random((1200, 2)), range(1, 9), seed=1, n_init=1, "
+            "workers=2); print(sorted(m for m in sys.modules if m.startswith('multiprocessing.pop'"
+            ")))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert out.strip() == "[]"
+    text = open(sys.modules["custseg.sweep"].__file__).read()
+    assert "_launch" not in text and "popen_forkserver" not in text
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    project = open(os.path.join(root, "pyproject.toml")).read()
+    assert 'requires-python = ">=3.11"' in project  # no 3.14 cap left
