@@ -316,12 +316,6 @@ def _print_summary(run: Any, *, latest: str | None, seconds: float | None = None
         say(f"latest: {latest}")
 
 
-def storage_exists(uri: str) -> bool:
-    from custseg import storage
-
-    return storage.exists(uri)
-
-
 def _duration(text: str) -> float:
     """Seconds of `30m`, `12h`, `7d` or a plain number of seconds."""
     import re
@@ -364,8 +358,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     run = resolve_run(args.model)
     out = args.out
     if out is None:
-        is_root = storage.exists(storage.join(args.model, "latest.json"))
-        base = ArtifactStore(args.model).root if is_root else "."
+        store = ArtifactStore(args.model) if not args.model.endswith(".skops") else None
+        base = store.root if store is not None and storage.exists(store.latest_uri) else "."
         out = storage.join(base, "scores", new_run_id())
     thresholds = Thresholds(psi_moderate=args.psi_moderate,
                             psi_significant=args.psi_significant)  # fmt: skip
@@ -411,12 +405,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Print the summary of the run `OUT/latest.json` names (e.g. after an Airflow run)."""
+    from custseg import storage
     from custseg.rundir import ArtifactStore
 
     store = ArtifactStore(args.out)
     if args.run_id:
         run = store.run(args.run_id)
-        if not storage_exists(run.uri):
+        if not storage.exists(run.uri):
             raise InputError(f"{run.uri}: no such run; `custseg runs --out {args.out}` lists them")
         _print_summary(run.check_complete(), latest=None)
         return EXIT_OK

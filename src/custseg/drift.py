@@ -56,6 +56,12 @@ def training_reference(
     }
 
 
+def novelty_limits(metrics: dict[str, Any]) -> dict[int, float]:
+    """Each segment's novelty limit (its training p99 distance) from a run's metrics.json;
+    empty for runs trained before the percentiles were recorded."""
+    return {int(k): float(v["p99"]) for k, v in (metrics.get("segment_distances") or {}).items()}
+
+
 def _level(value: float, moderate: float, significant: float) -> str:
     return LEVELS[2] if value >= significant else LEVELS[1] if value >= moderate else LEVELS[0]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from custseg.errors import InputError
 from custseg.options import RunRequest
-from custseg.rundir import RunDir
+from custseg.rundir import LATEST, RunDir
 from custseg.sanitize import logger
 
 log = logger(__name__)
@@ -52,8 +52,8 @@ def latest_uri(artifacts_root: str) -> str:
     from custseg import storage
 
     if storage.is_remote(artifacts_root):
-        return storage.join(artifacts_root, "latest.json")
-    return f"file://{storage.local_path(artifacts_root).absolute()}/latest.json"
+        return storage.join(artifacts_root, LATEST)
+    return f"file://{storage.local_path(artifacts_root).absolute()}/{LATEST}"
 
 
 def allowed_roots(home: str | os.PathLike[str]) -> tuple[str, ...]:

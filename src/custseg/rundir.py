@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from custseg import storage
 from custseg.errors import InputError
-from custseg.options import RunRequest
+from custseg.options import PipelineConfig, RunRequest
 from custseg.sanitize import logger
 
 if TYPE_CHECKING:
@@ -106,8 +106,6 @@ class RunRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
         """Read back what `to_dict` wrote."""
-        from custseg.options import PipelineConfig
-
         req = dict(data["request"])
         config = PipelineConfig.from_dict(req.pop("config"))
         ref = data.get("reference")

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from custseg.drift import Thresholds, drift_report
+from custseg import storage
+from custseg.drift import Thresholds, drift_report, novelty_limits
 from custseg.rundir import RunDir
 from custseg.sanitize import csv_bytes, logger
 
@@ -50,7 +51,7 @@ def score_customers_with_drift(
     X = table.frame[list(table.features)].to_numpy(dtype=np.float64)
     ok = ~np.isnan(X).any(axis=1)
     nearest, dist, margin = assign(model, X[ok])
-    p99 = {int(k): v["p99"] for k, v in (metrics.get("segment_distances") or {}).items()}
+    p99 = novelty_limits(metrics)
     novel = np.array([d > p99.get(int(s), np.inf) for s, d in zip(nearest, dist, strict=True)],
                      dtype=bool)  # fmt: skip
     names = {int(s["segment"]): s["label"] for s in metrics["segments"]}
@@ -120,15 +121,9 @@ def write_score_set(score: ScoreSet, folder: str | os.PathLike[str]) -> Path:
         (tmp / "predictions.csv").write_bytes(csv_bytes(score.predictions))
         (tmp / "drift.json").write_bytes(json_bytes(score.drift))
         (tmp / "drift.html").write_text(drift_html(score.drift))
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~storage.umask())
         os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

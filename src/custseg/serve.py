@@ -51,6 +51,7 @@ class Served:
 
 def load_served(path: str) -> Served:
     """The model a path names (run directory, model file or artifacts root), checked."""
+    from custseg.drift import novelty_limits
     from custseg.model import model_info
     from custseg.rundir import resolve_run
 
@@ -58,13 +59,12 @@ def load_served(path: str) -> Served:
     model = run.load_model(verify=True)
     metrics = run.metrics()
     info = model_info(model)
-    distances = metrics.get("segment_distances") or {}
     return Served(
         run_id=run.run_id,
         model=model,
         features=info.features,
         labels={int(s["segment"]): str(s["label"]) for s in metrics["segments"]},
-        novelty={int(k): float(v["p99"]) for k, v in distances.items()},
+        novelty=novelty_limits(metrics),
         info={
             "run_id": run.run_id, "k": info.k, "features": list(info.features),
             "scaler": metrics["scaler"], "trained_at": metrics["created_at"],
@@ -85,8 +85,9 @@ class ModelHolder:
 
     def _pointer(self) -> bytes | None:
         from custseg import storage
+        from custseg.rundir import LATEST
 
-        latest = storage.join(self.path, "latest.json")
+        latest = storage.join(self.path, LATEST)
         try:
             return storage.read_bytes(latest) if storage.exists(latest) else None
         except OSError:

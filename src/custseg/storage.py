@@ -162,7 +162,7 @@ def replace_atomic(uri: str, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; follow the umask like open()
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; follow the umask like open()
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException:
@@ -170,7 +170,8 @@ def replace_atomic(uri: str, data: bytes) -> None:
         raise
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (read without changing it for good)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
