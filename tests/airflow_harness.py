@@ -277,6 +277,75 @@ class HttpError(RuntimeError):
         self.status = status
 
 
+def listeners(port: int) -> set[int]:
+    """Pids holding a listening TCP socket on `port` (any address), read from /proc."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{cols[9]}]")
+    pids = set()
+    if not inodes:
+        return pids
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                pids.add(int(entry.name))
+    return pids
+
+
+class PortClash(RuntimeError):
+    """Another process holds the port a server of ours was told to bind."""
+
+
+def bound_by(proc: Proc, port: int) -> bool:
+    """True once `proc` (or a process it spawned) listens on `port`; `PortClash` if the port
+    is held by a process outside its tree or the server died saying it could not bind."""
+    holders = listeners(port)
+    if holders & {proc.popen.pid, *descendants(proc.popen.pid)}:
+        return True
+    if holders:
+        raise PortClash(f"port {port} is held by pid(s) {sorted(holders)}, not by {proc.name}")
+    if not proc.alive():
+        text = proc.tail(80).lower()
+        if "address already in use" in text or "errno 98" in text:
+            raise PortClash(f"{proc.name} could not bind port {port}")
+        raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+    return False
+
+
+def start_on_free_port(stack: Stack, name: str, launch: Any, *, log_dir: Path,
+                       timeout: float = 300.0, tries: int = 3,
+                       ports: Iterator[int] | None = None) -> tuple[Proc, int]:  # fmt: skip
+    """Start a server on a free port and wait until the port is read back as bound by that
+    server's own process tree; on a clash (someone else took the port first), stop it and
+    start again on another port. `launch(port)` returns `(cmd, env)`."""
+    clashes = []
+    for attempt in range(tries):
+        port = next(ports) if ports is not None else free_port()
+        cmd, env = launch(port)
+        proc = stack.start(name if not attempt else f"{name}-retry{attempt}", cmd, env=env,
+                           log_dir=log_dir)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        try:
+            while not bound_by(proc, port):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} did not bind port {port} in {timeout:.0f}s\n"
+                                       f"{proc.tail()}")  # fmt: skip
+                time.sleep(0.5)
+        except PortClash as clash:
+            clashes.append(str(clash))
+            stop([proc])
+            stack.procs.remove(proc)
+            continue
+        return proc, port
+    raise RuntimeError(f"{name}: every port clashed: {clashes}")
+
+
 # --------------------------------------------------------------------------- REST API v2
 
 

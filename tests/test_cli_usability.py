@@ -20,7 +20,7 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 def test_verbose_works_after_the_subcommand_too(capsys, tmp_path, sample_csv):
     """`custseg run -v ...` said 'unrecognized arguments: -v'."""
     rc, _, err = run_cli(capsys, "run", "-v", "--input", sample_csv, "--out", tmp_path,
-                         "--k-max", "3", *FAST)  # fmt: skip
+                         "--k-max", "6", *FAST)  # fmt: skip
     assert rc == 0, err
     assert "INFO: load: 400 rows" in err
 
@@ -62,7 +62,7 @@ def test_warnings_are_printed_once_and_name_duplicate_lines(capsys, tmp_path):
     path = tmp_path / "dups.csv"
     path.write_text(header + body + "3,31,93\n7,59,23\n")  # rows 3 and 7 again: lines 42, 43
     rc, out, err = run_cli(capsys, "run", "--input", path, "--out", tmp_path / "o",
-                           "--k-max", "3", *FAST)  # fmt: skip
+                           "--k-max", "6", *FAST)  # fmt: skip
     assert rc == 0, err
     assert "WARNING" not in err
     lines = [ln for ln in out.splitlines() if ln.startswith("warning:")]
@@ -87,7 +87,7 @@ def test_the_k_max_clamp_is_a_recorded_warning(capsys, tmp_path):
 def test_runs_lists_and_show_takes_a_run_id(capsys, tmp_path, sample_csv):
     for run_id in ("a", "b"):
         rc, _, err = run_cli(capsys, "run", "--input", sample_csv, "--out", tmp_path,
-                             "--k-max", "3", "--run-id", run_id, *FAST)  # fmt: skip
+                             "--k-max", "6", "--run-id", run_id, *FAST)  # fmt: skip
         assert rc == 0, err
     rc, out, _ = run_cli(capsys, "runs", "--out", tmp_path)
     rows = [ln.split() for ln in out.splitlines()[1:]]

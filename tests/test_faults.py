@@ -47,7 +47,7 @@ def out(tmp_path, data):
     """An artifacts root whose latest.json names a complete run `good`."""
     out = tmp_path / "out"
     assert main(["run", "--input", str(data), "--out", str(out), "--run-id", "good",
-                 "--k-max", "3", *FAST]) == 0  # fmt: skip
+                 "--k-max", "6", *FAST]) == 0  # fmt: skip
     return out
 
 
@@ -76,7 +76,7 @@ def assert_previous_run_kept(capsys, out: Path, killed: Path, before: bytes, dat
     assert not pred.exists()
     assert main(["predict", "--model", str(out), "--input", str(test_csv), "--out", str(pred)]) == 0
     assert "runs/good" in capsys.readouterr().out
-    assert main(["run", "--input", str(data), "--out", str(out), "--k-max", "3", *FAST]) == 0
+    assert main(["run", "--input", str(data), "--out", str(out), "--k-max", "6", *FAST]) == 0
     assert latest(out)["run_id"] not in ("good", killed.name)
     assert (Path(latest(out)["run_dir"]) / "metrics.json").exists()
 
@@ -132,7 +132,7 @@ def test_sigkill_during_artifact_writing_keeps_previous_run(capsys, out, data, t
     before = (out / "latest.json").read_bytes()
     killed = out / "runs" / "killed"
     proc = subprocess.run(
-        custseg_cmd("run", "--input", data, "--out", out, "--run-id", "killed", "--k-max", "4",
+        custseg_cmd("run", "--input", data, "--out", out, "--run-id", "killed", "--k-max", "6",
                     "--test", test_csv, *FAST),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300,
         env={**os.environ, "CUSTSEG_FAULT_AFTER_STEP": "profile"},
@@ -146,7 +146,7 @@ def test_sigkill_during_artifact_writing_keeps_previous_run(capsys, out, data, t
 def test_two_runs_at_once_both_complete(tmp_path, out, data):
     procs = [
         subprocess.Popen(
-            custseg_cmd("run", "--input", data, "--out", out, "--k-max", "4", *FAST),
+            custseg_cmd("run", "--input", data, "--out", out, "--k-max", "6", *FAST),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -214,7 +214,7 @@ def test_loading_a_model_beside_airflow_logs_no_warning_flood(tmp_path, sample_c
     from custseg.options import PipelineConfig
     from custseg.pipeline import run_pipeline
 
-    summary = run_pipeline(PipelineConfig(k_max=3, n_init=2, select="elbow"),
+    summary = run_pipeline(PipelineConfig(k_max=6, n_init=2, select="elbow"),
                            input_path=str(sample_csv), out=str(tmp_path))  # fmt: skip
     code = (
         "import warnings, airflow.sdk, airflow.utils.trigger_rule, airflow.utils.timezone\n"

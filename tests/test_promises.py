@@ -206,7 +206,7 @@ def test_latest_json_is_written_last_on_object_storage(monkeypatch, sample_csv):
 
         monkeypatch.setattr(storage, name, spy)
     root = f"memory://custseg-{uuid.uuid4().hex[:8]}"
-    run_pipeline(PipelineConfig(k_max=3, n_init=2, select="elbow"), input_path=str(sample_csv),
+    run_pipeline(PipelineConfig(k_max=6, n_init=2, select="elbow"), input_path=str(sample_csv),
                  out=root)  # fmt: skip
     assert writes[-2:] == ["metrics.json", "latest.json"]
     assert {"model.skops", "report.html", "profile.csv"} <= set(writes[:-2])

@@ -152,6 +152,7 @@ def test_random_tables_succeed_or_exit_2(artifacts_root):
             "--n-init",
             "1",
             "--no-progress",
+            "--force-promote",  # random tables are rarely structured: the gate is tested apart
         )
         outcomes.append(rc)
         event(f"exit {rc}")
@@ -185,7 +186,7 @@ def test_subprocess_outcomes(tmp_path, data, rc):
     path.write_bytes(data)
     out = tmp_path / "out"
     res = subprocess.run([sys.executable, "-m", "custseg.cli", "run", "--input", str(path),
-                          "--out", str(out), "--k-max", "3", "--n-init", "1"],
+                          "--out", str(out), "--k-max", "3", "--n-init", "1", "--force-promote"],
                          capture_output=True, text=True)  # fmt: skip
     assert res.returncode == rc, res.stderr
     check_outcome(res.returncode, res.stdout, res.stderr, out, None)

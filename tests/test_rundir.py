@@ -14,7 +14,7 @@ from custseg.orchestration import run_step, start_run
 from custseg.pipeline import run_pipeline
 from custseg.rundir import ArtifactStore, resolve_run
 
-FAST = PipelineConfig(k_max=4, n_init=2, select="elbow")
+FAST = PipelineConfig(k_max=6, n_init=2, select="elbow")
 
 
 def custseg(*args, cwd):
@@ -71,7 +71,7 @@ def test_alignment_uses_the_reference_recorded_at_start(tmp_path, sample_csv):
     run, _ = start_run(request, run_id="slow")
     assert run.record().reference.run_id == "first"
     # another run finishes and is promoted while "slow" is still at work
-    run_pipeline(PipelineConfig(k_max=3, n_init=2, select="elbow"), input_path=str(sample_csv),
+    run_pipeline(PipelineConfig(k_max=6, n_init=2, select="elbow"), input_path=str(sample_csv),
                  out=str(root), run_id="meanwhile")  # fmt: skip
     assert ArtifactStore(root).latest().run_id == "meanwhile"
     for step in ("prepared", "plan", "sweep", "fitted", "segments", "profile"):

@@ -171,13 +171,13 @@ def test_follows_promotion_without_failing_a_request(root, sample_csv, tmp_path)
         thread.start()
         try:
             run_pipeline(PipelineConfig(k_max=4, n_init=2), input_path=str(sample_csv),
-                         out=str(own), run_id="second")  # fmt: skip
+                         out=str(own), run_id="second", force_promote=True)  # fmt: skip
             deadline = time.monotonic() + 60
             while "second" not in runs and time.monotonic() < deadline:
                 time.sleep(0.1)
             # a damaged promoted model: refused, "second" keeps serving
             run_pipeline(PipelineConfig(k_max=3, n_init=2), input_path=str(sample_csv),
-                         out=str(own), run_id="third")  # fmt: skip
+                         out=str(own), run_id="third", force_promote=True)  # fmt: skip
             (own / "runs" / "third" / "model.skops").write_bytes(b"PK\x03\x04 not a model")
             (own / "latest.json").write_text((own / "latest.json").read_text())  # touch
             deadline = time.monotonic() + 60

@@ -312,6 +312,20 @@ def _print_summary(run: Any, *, latest: str | None, seconds: float | None = None
     say(f"artifacts: {run.uri}")
     say(f"model: {run.path(MODEL)}")
     say(f"report: {run.path(REPORT)}")
+    moves = metrics.get("who_moved")
+    if moves and moves.get("customers_in_both") is not None:
+        line = (f"who moved since {metrics['reference_run_id']}: {moves['moved']} of "
+                f"{moves['customers_in_both']} customers in both changed segment")  # fmt: skip
+        for word in ("born", "dissolved"):
+            if moves[word]:
+                line += f"; segments {word}: {moves[word]}"
+        say(line)
+    promotion = metrics.get("promotion")
+    if promotion and not promotion["promoted"]:
+        say(f"NOT PROMOTED, the previous model stays: {promotion['reason']}")
+        say("  (pass --force-promote to promote it anyway)")
+    elif promotion and promotion["forced"]:
+        say(f"promoted by --force-promote: {promotion['reason']}")
     if latest:
         say(f"latest: {latest}")
 

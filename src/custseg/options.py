@@ -25,14 +25,15 @@ BOTH = (CLI, DAG)
 
 @dataclass(frozen=True, kw_only=True)
 class Spec:
-    """How one option is shown and checked: `kind` is `int`, `str`, `path` or `names`."""
+    """How one option is shown and checked: `kind` is `int`, `float`, `bool`, `str`, `path`
+    or `names`."""
 
     kind: str
     title: str
     help: str
     section: str
-    minimum: int | None = None
-    maximum: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
     choices: tuple[str, ...] | None = None
     nullable: bool = False
     required: bool = False
@@ -135,6 +136,28 @@ class RunRequest:
         runners=(DAG,),
         help="number of mapped tasks the k sweep is split into (spread over workers)",
     )  # fmt: skip
+    force_promote: bool = option(
+        False, kind="bool", title="Promote even if the gate fails", section="Promotion",
+        help="replace latest.json even when the promotion gate fails (recorded in "
+        "metrics.json as forced)",
+    )  # fmt: skip
+    min_segment_share: float = option(
+        0.02, kind="float", minimum=0.0, maximum=0.5, title="Gate: smallest segment share",
+        section="Promotion", metavar="SHARE",
+        help="promotion gate: every segment must hold at least this share of the customers",
+    )  # fmt: skip
+    min_stability: float = option(
+        0.6, kind="float", minimum=0.0, maximum=1.0, title="Gate: least stability",
+        section="Promotion", metavar="SHARE",
+        help="promotion gate: at least this share of the resamples must choose the same k "
+        "(measured by --select auto only)",
+    )  # fmt: skip
+    reason: str | None = option(
+        None, kind="str", nullable=True, title="Why this run", section="Promotion",
+        metavar="TEXT",
+        help="why this run was started, recorded in metrics.json (score_customers sets it "
+        "when it retrains on drift)",
+    )  # fmt: skip
     config: PipelineConfig = field(default_factory=PipelineConfig)
 
     def __post_init__(self) -> None:
@@ -181,6 +204,18 @@ def check_value(name: str, spec: Spec, value: Any) -> Any:
         if spec.maximum is not None and value > spec.maximum:
             raise InputError(f"{name}={value} must be <= {spec.maximum}")
         return value
+    if spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise InputError(f"{name}={value!r} must be true or false")
+        return value
+    if spec.kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            raise InputError(f"{name}={value!r} is not a number")
+        if spec.minimum is not None and value < spec.minimum:
+            raise InputError(f"{name}={value} must be >= {spec.minimum}")
+        if spec.maximum is not None and value > spec.maximum:
+            raise InputError(f"{name}={value} must be <= {spec.maximum}")
+        return float(value)
     if spec.kind == "names":
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",")]
@@ -266,6 +301,11 @@ def add_cli_options(parser: Any) -> None:
         }
         if spec.kind == "int":
             kwargs["type"] = int
+        if spec.kind == "float":
+            kwargs["type"] = float
+        if spec.kind == "bool":
+            kwargs = {"dest": name, "default": None, "action": "store_const", "const": True,
+                      "help": spec.help}  # fmt: skip
         if spec.choices:
             kwargs["choices"] = spec.choices
             kwargs["metavar"] = "{" + ",".join(spec.choices) + "}"
@@ -293,6 +333,8 @@ def dag_params(defaults: Mapping[str, Any] | None = None) -> dict[str, dict[str,
         default = (defaults or {}).get(name, default)
         schema: dict[str, Any] = {
             "int": {"type": "integer"},
+            "float": {"type": "number"},
+            "bool": {"type": "boolean"},
             "str": {"type": "string"},
             "path": {"type": "string", "minLength": 1},
             "names": {"type": "array", "items": {"type": "string"}, "minItems": 1},

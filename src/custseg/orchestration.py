@@ -394,12 +394,16 @@ def finish_task(run_dir: str) -> dict[str, Any]:
     for name in (MODEL, METRICS, REPORT, PREDICTIONS):
         if run.exists(name):
             log.info("artifact: %s", run.path(name))
-    log.info("promoted: %s", summary["latest"])
+    if summary["promoted"]:
+        log.info("promoted: %s (%s)", summary["latest"], summary["promotion_reason"])
+    else:
+        log.warning("the previous model stays: %s", summary["promotion_reason"])
     return {
         "run_id": str(summary["run_id"]),
         "run_dir": run_dir,
         "model": run.path(MODEL),
-        "latest": str(summary["latest"]),
+        "latest": summary["latest"] and str(summary["latest"]),
+        "promoted": bool(summary["promoted"]),
         "chosen_k": int(summary["chosen_k"]),
         "reason": str(summary["reason"]),
         "n_rows_used": int(summary["n_rows_used"]),

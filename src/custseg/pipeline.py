@@ -454,12 +454,50 @@ def finish(
             "custseg": __version__,
         },  # fmt: skip
     }
+    metrics["reason"] = ctx.request.reason
+    metrics["promotion"] = _promotion(ctx, metrics, alignment)
+    if record.reference is not None:
+        metrics["who_moved"] = _who_moved(run, record.reference.run_dir, alignment)
     run.write_bytes(REPORT, report_html(metrics, profile.table, run.images()).encode())
     run.save_metrics(metrics)
-    latest = ctx.store.promote(run)
+    promotion = metrics["promotion"]
+    latest = ctx.store.promote(run) if promotion["promoted"] else None
+    (log.info if promotion["promoted"] else log.warning)("%s", promotion["reason"])
     return {"run_id": record.run_id, "run_dir": run.uri, "chosen_k": chosen_k,
             "reason": fit_info["selection"]["reason"], "n_rows_used": summary["n_rows_used"],
-            "latest": latest}  # fmt: skip
+            "latest": latest, "promoted": promotion["promoted"],
+            "promotion_reason": promotion["reason"]}  # fmt: skip
+
+
+def _promotion(
+    ctx: Context, metrics: dict[str, Any], alignment: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The promotion gate's decision for this run (see `custseg.promotion`)."""
+    from custseg.promotion import gate_checks, promotion_decision, segment_shares
+
+    req = ctx.request
+    shares = segment_shares(metrics["segments"])
+    checks = gate_checks(metrics["selection"], shares, alignment, min_share=req.min_segment_share,
+                         min_stability=req.min_stability)  # fmt: skip
+    return promotion_decision(checks, force=req.force_promote)
+
+
+def _who_moved(run: RunDir, previous_dir: str, alignment: dict[str, Any] | None) -> dict[str, Any]:
+    """Old segment -> new segment counts against the reference run (`custseg.promotion`)."""
+    from custseg.promotion import who_moved
+    from custseg.rundir import run_at
+
+    current = run.load_assignments()
+    id_column = next((c for c in current.columns if c != "segment"), None)
+    try:
+        previous = run_at(previous_dir).load_assignments()
+    except (InputError, OSError, ValueError) as exc:
+        return {"why": f"reference assignments unreadable: {exc}", "table": []}
+    moves = who_moved(previous, current, id_column, alignment)
+    log.info("who moved since %s: %s of %s customers in both changed segment; born %s, "
+             "dissolved %s", run_at(previous_dir).run_id, moves.get("moved"),
+             moves.get("customers_in_both"), moves["born"], moves["dissolved"])  # fmt: skip
+    return moves
 
 
 def _prediction_summary(
@@ -616,10 +654,12 @@ def run_pipeline(
     test_path: str | None = None,
     run_id: str | None = None,
     progress: Progress | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """`run_in_memory` from keyword arguments (the library's one-call entry point)."""
+    """`run_in_memory` from keyword arguments (the library's one-call entry point);
+    `options` are further `RunRequest` options (e.g. `force_promote=True`)."""
     request = RunRequest(input_path=str(input_path), test_path=test_path and str(test_path),
-                         artifacts_root=str(out), config=config)  # fmt: skip
+                         artifacts_root=str(out), config=config, **options)  # fmt: skip
     return run_in_memory(request, run_id=run_id, progress=progress)
 
 

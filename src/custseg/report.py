@@ -174,6 +174,7 @@ def report_html(metrics: dict[str, Any], profile: pd.DataFrame, images: dict[str
         if warnings
         else ""
     )
+    lifecycle = _promotion_html(metrics) + _who_moved_html(metrics)
     plots = "".join(
         f"<figure>{_img(png, name)}<figcaption>{html.escape(name)}</figcaption></figure>"
         for name, png in images.items()
@@ -192,6 +193,7 @@ figure {{ display: inline-block; margin: .5rem; }} img {{ max-width: 520px; }}
 <p>{metrics["chosen_k"]} segments found in {metrics["n_rows_used"]} customers.</p>
 <table class="summary">{rows}</table>
 {warn_html}
+{lifecycle}
 <h2>Plots</h2>{plots}
 <h2>Segments</h2>{table}
 </body></html>
@@ -227,3 +229,39 @@ def selection_png(selection: dict[str, Any]) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _figure_png(fig)
+
+
+def _promotion_html(metrics: dict[str, Any]) -> str:
+    """The promotion gate's checks and decision."""
+    promotion = metrics.get("promotion")
+    if not promotion:
+        return ""
+    head = "Promoted" if promotion["promoted"] else "Not promoted: the previous model stays"
+    rows = "".join(
+        f"<tr><td>{html.escape(c['name'])}</td><td>{'pass' if c['passed'] else 'FAIL'}</td>"
+        f"<td>{html.escape(str(c['value']))}</td><td>{html.escape(c['rule'])}</td></tr>"
+        for c in promotion["checks"]
+    )
+    return (f"<h2>{head}</h2><p>{html.escape(promotion['reason'])}</p>"
+            "<table class=\"gate\"><tr><th>check</th><th>result</th><th>value</th><th>rule</th>"
+            f"</tr>{rows}</table>")  # fmt: skip
+
+
+def _who_moved_html(metrics: dict[str, Any]) -> str:
+    """Old segment -> new segment counts since the reference run."""
+    from custseg.promotion import moved_matrix
+
+    moves = metrics.get("who_moved")
+    if not moves:
+        return ""
+    ref = html.escape(str(metrics.get("reference_run_id")))
+    if moves.get("customers_in_both") is None:
+        return f"<h2>Who moved since {ref}</h2><p>{html.escape(str(moves.get('why')))}</p>"
+    matrix = moved_matrix(moves)
+    matrix.index.name, matrix.columns.name = "old segment", "new segment"
+    notes = "".join(f"<li>segments {w}: {moves[w]}</li>" for w in ("born", "dissolved")
+                    if moves[w])  # fmt: skip
+    return (f"<h2>Who moved since {ref}</h2><p>{moves['moved']} of "
+            f"{moves['customers_in_both']} customers present in both training sets changed "
+            f"segment (rows: old segment, columns: new).</p><ul>{notes}</ul>"
+            + matrix.to_html(classes="moved", border=0))  # fmt: skip

@@ -257,6 +257,12 @@ class RunDir:
 
         return read_parquet(self.path(ASSIGNMENTS), columns=["segment"]).column(0).to_numpy()
 
+    def load_assignments(self) -> pd.DataFrame:
+        """`assignments.parquet` as a frame: the id column (if any) and `segment`."""
+        from custseg.io import read_parquet
+
+        return read_parquet(self.path(ASSIGNMENTS)).to_pandas()
+
     def save_assignments(self, labels: np.ndarray, ids: Any, id_column: str | None) -> None:
         """`assignments.parquet`: each training customer's segment, with its id if any."""
         self._save_labels(ASSIGNMENTS, labels, ids, id_column)

@@ -25,6 +25,7 @@ from tests.airflow_harness import (
     Stack,
     airflow_env,
     free_port,
+    start_on_free_port,
     wait_for,
     write_password_file,
 )
@@ -135,33 +136,45 @@ def test_dag_runs_on_celery_cluster(tmp_path, postgres_db, redis_queue, sample_c
     password = secrets.token_hex(12)
     write_password_file(home, {"admin": password})
     redis_db, queue = redis_queue
-    port = free_port()
-    # one metadata DB, broker, fernet key and JWT secret for every component
-    env = airflow_env(home, port=port, extra={
-        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "8",
-        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{postgres_db}",
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{postgres_db}",
-        "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS[0]}:{REDIS[1]}/{redis_db}",
-        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
-        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
-        "CUSTSEG_HOME": str(ROOT),
-        "CUSTSEG_ALLOWED_ROOTS": os.pathsep.join([str(ROOT), str(tmp_path)]),
-        "CUSTSEG_ARTIFACTS_ROOT": str(artifacts_root),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])),
-        "MPLBACKEND": "Agg",
-    })  # fmt: skip
+    fernet, jwt_secret = Fernet.generate_key().decode(), secrets.token_hex(16)
+
+    def environment(port: int) -> dict[str, str]:
+        # one metadata DB, broker, fernet key and JWT secret for every component
+        return airflow_env(home, port=port, extra={
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "8",
+            "AIRFLOW__CORE__FERNET_KEY": fernet,
+            "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{postgres_db}",
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{postgres_db}",
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS[0]}:{REDIS[1]}/{redis_db}",
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
+            "CUSTSEG_HOME": str(ROOT),
+            "CUSTSEG_ALLOWED_ROOTS": os.pathsep.join([str(ROOT), str(tmp_path)]),
+            "CUSTSEG_ARTIFACTS_ROOT": str(artifacts_root),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])),
+            "MPLBACKEND": "Agg",
+        })  # fmt: skip
+
     airflow = str(Path(sys.executable).with_name("airflow"))
-    api = AirflowApi(f"http://127.0.0.1:{port}", password=password)
+    api: AirflowApi | None = None
     with Stack() as stack:
         try:
-            migrate = stack.start("db-migrate", [airflow, "db", "migrate"], env=env, log_dir=home)
+            migrate = stack.start("db-migrate", [airflow, "db", "migrate"],
+                                  env=environment(0), log_dir=home)  # fmt: skip
             wait_for("airflow db migrate", lambda: migrate.popen.poll() is not None,
                      timeout=STARTUP_TIMEOUT)  # fmt: skip
             assert migrate.popen.returncode == 0, f"db migrate failed\n{migrate.tail()}"
             stack.procs.remove(migrate)
-            for component in ("api-server", "scheduler", "dag-processor"):
+            # the API port is read back from the api-server's sockets; a clash starts over,
+            # and every other component is then pointed at the port it really bound
+            _, port = start_on_free_port(
+                stack, "api-server", lambda p: ([airflow, "api-server"], environment(p)),
+                log_dir=home, timeout=STARTUP_TIMEOUT)  # fmt: skip
+            env = environment(port)
+            api = AirflowApi(f"http://127.0.0.1:{port}", password=password)
+            for component in ("scheduler", "dag-processor"):
                 stack.start(component, [airflow, component], env=env, log_dir=home)
             workers = {}
             for name in WORKERS:
@@ -202,7 +215,8 @@ def test_dag_runs_on_celery_cluster(tmp_path, postgres_db, redis_queue, sample_c
         except Exception as exc:
             raise AssertionError(f"{exc}\n{_diagnostics(stack, home)}") from exc
         finally:
-            api.close()
+            if api is not None:
+                api.close()
 
     sweeps = [ti for ti in tis if ti["task_id"] == "sweep_k_task"]
     assert sorted(ti["map_index"] for ti in sweeps) == list(range(SWEEP_BATCHES)), table

@@ -16,7 +16,7 @@ from custseg.io import load_customers
 from custseg.options import PipelineConfig
 from custseg.pipeline import run_pipeline
 
-FAST = ["--k-max", "4", "--n-init", "2", "--select", "elbow", "--no-progress"]
+FAST = ["--k-max", "6", "--n-init", "2", "--select", "elbow", "--no-progress"]
 HEADER = "CustomerID,Annual Income (k$),Spending Score (1-100)\n"
 
 
@@ -207,7 +207,7 @@ def test_metrics_and_latest_follow_the_umask(tmp_path, sample_csv):
     """latest.json and metrics.json were 0600 whatever the umask, other artifacts 0644."""
     old = os.umask(0o022)
     try:
-        summary = run_pipeline(PipelineConfig(k_max=3, n_init=2, select="elbow"),
+        summary = run_pipeline(PipelineConfig(k_max=6, n_init=2, select="elbow"),
                                input_path=str(sample_csv), out=str(tmp_path / "o"))  # fmt: skip
     finally:
         os.umask(old)
@@ -235,7 +235,7 @@ def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch, sample_csv):
 
 def test_gc_removes_only_old_incomplete_runs(tmp_path, capsys, sample_csv):
     out = tmp_path / "o"
-    run_pipeline(PipelineConfig(k_max=3, n_init=2, select="elbow"), input_path=str(sample_csv),
+    run_pipeline(PipelineConfig(k_max=6, n_init=2, select="elbow"), input_path=str(sample_csv),
                  out=str(out), run_id="good")  # fmt: skip
     for name in ("killed", "fresh"):
         (out / "runs" / name / "work").mkdir(parents=True)
