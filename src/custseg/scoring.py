@@ -106,9 +106,54 @@ training. Verdicts: {html.escape(json.dumps(drift["verdicts"]))}.</p>
 """
 
 
-def write_score_set(score: ScoreSet, folder: str | os.PathLike[str]) -> Path:
-    """Write `predictions.csv`, `drift.json` and `drift.html` into the new folder `folder`,
-    atomically (built beside it, then renamed); refuses an existing folder."""
+def retraining_table(run: RunDir, new_input: str) -> tuple[pd.DataFrame, str]:
+    """The run's training data plus the customers of `new_input`, deduplicated by customer
+    id (a customer in both keeps the new row), as a table of id and features; and the rule
+    applied, in words. Without an id column in both, every row of both is kept."""
+    from custseg.io import load_customers
+    from custseg.model import model_info
+
+    features = model_info(run.load_model(verify=True)).features
+    training = run.metrics()["input"]
+    old = load_customers(training, features=features, needed_by=f"the model in {run.uri}")
+    new = load_customers(new_input, features=features, needed_by=f"the model in {run.uri}")
+    old_frame = old.frame.rename(columns=dict(zip(old.features, features, strict=True)))
+    new_frame = new.frame.rename(columns=dict(zip(new.features, features, strict=True)))
+    if old.id_column and new.id_column:
+        new_frame = new_frame.rename(columns={new.id_column: old.id_column})
+        both = pd.concat([old_frame, new_frame], ignore_index=True)
+        merged = both.drop_duplicates(subset=[old.id_column], keep="last")
+        rule = (f"{len(old_frame)} training rows of {training} and {len(new_frame)} new rows of "
+                f"{new_input}, deduplicated by {old.id_column} (the new row wins): "
+                f"{len(merged)} customers")  # fmt: skip
+    else:
+        merged = pd.concat([old_frame, new_frame], ignore_index=True)
+        rule = (
+            f"{len(old_frame)} training rows of {training} and {len(new_frame)} new rows of "
+            f"{new_input}, all kept (no customer id column in both): {len(merged)} rows"
+        )
+    return merged, rule
+
+
+def drift_summary(drift: dict[str, Any]) -> str:
+    """One line on what drifted, for logs and for the reason of a retraining run."""
+    parts = [f"{name} PSI {f['psi']:.2f}" for name, f in drift["features"].items()
+             if f["verdict"] != "none"]  # fmt: skip
+    if drift["segments"]["verdict"] != "none":
+        parts.append(f"segment mix PSI {drift['segments']['psi']:.2f}")
+    if drift["verdicts"].get("novelty", "none") != "none":
+        parts.append(f"novelty share {drift['novelty_share']:.0%}")
+    if drift["verdicts"].get("distance", "none") != "none":
+        parts.append(f"mean distance {drift['distance_ratio']:.2f}x training")
+    return f"drift {drift['overall']}" + (f": {'; '.join(parts)}" if parts else "")
+
+
+def write_score_set(
+    score: ScoreSet, folder: str | os.PathLike[str], *, extra: dict[str, bytes] | None = None
+) -> Path:
+    """Write `predictions.csv`, `drift.json`, `drift.html` (and the `extra` files) into the
+    new folder `folder`, atomically (built beside it, then renamed); refuses an existing
+    folder."""
     from custseg.errors import InputError
     from custseg.rundir import json_bytes
 
@@ -121,6 +166,8 @@ def write_score_set(score: ScoreSet, folder: str | os.PathLike[str]) -> Path:
         (tmp / "predictions.csv").write_bytes(csv_bytes(score.predictions))
         (tmp / "drift.json").write_bytes(json_bytes(score.drift))
         (tmp / "drift.html").write_text(drift_html(score.drift))
+        for name, data in (extra or {}).items():
+            (tmp / name).write_bytes(data)
         os.chmod(tmp, 0o777 & ~storage.umask())
         os.rename(tmp, target)
     except BaseException:

@@ -25,7 +25,19 @@ def bag():
 
 def test_dags_folder_parses_without_import_errors(bag):
     assert bag.import_errors == {}
-    assert list(bag.dags) == ["customer_segmentation"]
+    assert sorted(bag.dags) == ["customer_segmentation", "score_customers", "watch_inbox"]
+
+
+def test_score_customers_runs_on_the_new_customers_asset_and_can_retrain(bag):
+    dag = bag.dags["score_customers"]
+    assert [a.name for a in dag.timetable.asset_condition.objects] == ["custseg_new_customers"]
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "score_new_customers_task", "drift_is_significant_task", "retrain_task"]  # fmt: skip
+    assert dag.get_task("retrain_task").trigger_dag_id == "customer_segmentation"
+    watch = bag.dags["watch_inbox"]
+    outlets = watch.get_task("announce_customers_task").outlets
+    assert [a.name for a in outlets] == ["custseg_new_customers"]
+    assert watch.get_task("wait_for_customers_task").mode == "reschedule"
 
 
 def test_one_task_per_step_of_the_pipeline(bag):
@@ -110,13 +122,14 @@ def test_bad_param_values_are_rejected_by_the_schema(bag):
             dag.params.get_param(name).resolve(value)
 
 
-def test_parsing_imports_no_heavy_modules():
-    """Parse cost: importing the DAG file must not pull in pandas, sklearn and friends."""
+@pytest.mark.parametrize("dag_file", ["customer_segmentation.py", "score_customers.py"])
+def test_parsing_imports_no_heavy_modules(dag_file):
+    """Parse cost: importing a DAG file must not pull in pandas, sklearn and friends."""
     code = textwrap.dedent(f"""
         import json, runpy, sys, time
         import airflow.sdk
         start = time.perf_counter()
-        runpy.run_path({str(ROOT / "dags" / "customer_segmentation.py")!r})
+        runpy.run_path({str(ROOT / "dags" / dag_file)!r})
         took = time.perf_counter() - start
         print(json.dumps({{"heavy": [m for m in {HEAVY!r} if m in sys.modules],
                            "seconds": took}}))
