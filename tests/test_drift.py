@@ -78,9 +78,13 @@ def test_the_cli_writes_a_score_set_and_changes_nothing_else(trained, mall_csv, 
     assert sorted(p.name for p in folder.iterdir()) == ["drift.html", "drift.json",
                                                         "predictions.csv"]  # fmt: skip
     pred = pd.read_csv(folder / "predictions.csv", dtype={"CustomerID": str})
-    assert list(pred.columns) == ["CustomerID", INCOME, SCORE, "segment", "segment_name",
-                                  "distance", "margin", "novel"]  # fmt: skip
+    # the input's columns are kept, in the file's order (Genre and Age too)
+    assert list(pred.columns) == ["CustomerID", "Genre", "Age", INCOME, SCORE, "segment",
+                                  "segment_name", "distance", "margin", "novel"]  # fmt: skip
     assert len(pred) == 200 and pred["CustomerID"].iloc[0] == "0001"
+    mall = pd.read_csv(mall_csv, dtype={"CustomerID": str})
+    assert pred["Genre"].tolist() == mall["Genre"].tolist()
+    assert pred["Age"].tolist() == mall["Age"].tolist()
     assert (pred["margin"] >= 0).all() and pred["segment_name"].str.len().min() > 0
     assert json.loads((folder / "drift.json").read_text())["overall"] == "none"
     assert "Drift: none" in (folder / "drift.html").read_text()

@@ -16,6 +16,7 @@ import pytest
 
 from custseg.options import PipelineConfig
 from custseg.pipeline import run_pipeline
+from custseg.rundir import ArtifactStore
 from tests.airflow_harness import free_port
 
 httpx = pytest.importorskip("httpx")
@@ -175,11 +176,15 @@ def test_follows_promotion_without_failing_a_request(root, sample_csv, tmp_path)
             deadline = time.monotonic() + 60
             while "second" not in runs and time.monotonic() < deadline:
                 time.sleep(0.1)
-            # a damaged promoted model: refused, "second" keeps serving
-            run_pipeline(PipelineConfig(k_max=3, n_init=2), input_path=str(sample_csv),
-                         out=str(own), run_id="third", force_promote=True)  # fmt: skip
+            # a damaged promoted model: refused, "second" keeps serving. "third" is held
+            # back by the gate (no segment holds half the customers), damaged, then promoted:
+            # the server never sees it whole
+            summary = run_pipeline(PipelineConfig(k_max=3, n_init=2), input_path=str(sample_csv),
+                                   out=str(own), run_id="third", min_segment_share=0.5)  # fmt: skip
+            assert summary["promoted"] is False
             (own / "runs" / "third" / "model.skops").write_bytes(b"PK\x03\x04 not a model")
-            (own / "latest.json").write_text((own / "latest.json").read_text())  # touch
+            store = ArtifactStore(own)
+            store.promote(store.run("third"))
             deadline = time.monotonic() + 60
             while (
                 "refused" not in srv.text()

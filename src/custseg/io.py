@@ -650,6 +650,39 @@ def _load(
     )
 
 
+def input_columns(table: CustomerTable) -> tuple[list[str], pd.DataFrame]:
+    """Every column of the table's file in file order, and those that are neither its id
+    nor a feature, read as text row for row (so that outputs can keep the input's columns)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    uri, kind = table.source, sniff_format(table.source)
+    known = {table.id_column, *table.features}
+    if kind == "parquet":
+        with _parquet_source(uri) as src:
+            pf = pq.ParquetFile(src)
+            header = list(pf.schema_arrow.names)
+            others = [c for c in header if c not in known]
+            frame = pf.read(columns=others).to_pandas() if others else None
+    else:
+        header, delimiter, header_line = _split_header(uri, _decode_head(uri, read_head(uri, kind)))
+        others = [c for c in header if c not in known]
+        frame = None
+        if others:
+            local = kind == "csv" and not storage.is_remote(uri)
+            data = str(storage.local_path(uri)) if local else read_text_bytes(uri, kind)
+            try:
+                frame = _read_csv_arrow(data, delimiter, header, others, set(others),
+                                        header_line).to_pandas()  # fmt: skip
+            except pa.ArrowInvalid as exc:
+                log.warning("%s: its other columns are not kept (%s)", uri, exc)
+                return [c for c in header if c in known], pd.DataFrame(index=table.frame.index)
+    if frame is None or len(frame) != len(table.frame):
+        frame = pd.DataFrame(index=table.frame.index)
+        header = [c for c in header if c in known]
+    return header, frame
+
+
 def _huge_rows(values: np.ndarray) -> np.ndarray:
     """Rows whose value is infinite or at least `HUGE` in size (NaN is neither)."""
     with np.errstate(invalid="ignore"):

@@ -55,10 +55,7 @@ def score_customers_with_drift(
     novel = np.array([d > p99.get(int(s), np.inf) for s, d in zip(nearest, dist, strict=True)],
                      dtype=bool)  # fmt: skip
     names = {int(s["segment"]): s["label"] for s in metrics["segments"]}
-    out = table.frame[[table.id_column]].copy() if table.id_column else pd.DataFrame(
-        {"row": np.arange(1, len(X) + 1)})  # fmt: skip
-    for j, f in enumerate(table.features):
-        out[f] = X[:, j]
+    out = _input_frame(table)
     out["segment"] = pd.array(np.full(len(X), pd.NA), dtype="Int64")
     out.loc[ok, "segment"] = nearest
     out["segment_name"] = ""
@@ -75,6 +72,19 @@ def score_customers_with_drift(
     log.info("scored %d customers with run %s: drift %s (novelty share %.1f%%)", int(ok.sum()),
              run.run_id, drift["overall"], 100 * drift["novelty_share"])  # fmt: skip
     return ScoreSet(out, drift)
+
+
+def _input_frame(table: Any) -> pd.DataFrame:
+    """The input's columns in file order (features as read, other columns as text)."""
+    from custseg.io import input_columns
+
+    header, others = input_columns(table)
+    columns = {}
+    for name in header:
+        columns[name] = table.frame[name] if name in table.frame else others[name]
+    if not table.id_column:
+        columns = {"row": np.arange(1, len(table.frame) + 1), **columns}
+    return pd.DataFrame(columns, index=table.frame.index)
 
 
 def drift_html(drift: dict[str, Any]) -> str:
