@@ -4,6 +4,7 @@ the shared Mall data (its own copy, income +30%, a new far-away cluster)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -101,3 +102,64 @@ def test_bad_score_options_and_inputs_exit_2(trained, mall_csv, tmp_path, capsys
                str(tmp_path / "s")])  # fmt: skip
     assert rc == 2 and "the model in" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_score_killed_mid_write_leaves_no_score_set(trained, mall_csv, tmp_path):
+    """SIGKILL after predictions.csv, before drift.json: the score set's folder does not
+    exist (only a hidden build folder beside it), and latest.json is untouched."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    before = (trained / "latest.json").read_bytes()
+    target = tmp_path / "scores" / "killed"
+    res = subprocess.run(
+        [sys.executable, "-m", "custseg.cli", "score", "--model", str(trained), "--input",
+         str(mall_csv), "--out", str(target)],
+        env={**os.environ, "CUSTSEG_FAULT_IN_SCORE_SET": "1"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert not target.exists()
+    leftovers = list(target.parent.iterdir())
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".killed.")
+    assert sorted(p.name for p in leftovers[0].iterdir()) == ["predictions.csv"]
+    assert (trained / "latest.json").read_bytes() == before
+
+
+def test_scoring_while_training_runs_scores_against_a_complete_promoted_run(
+    trained, mall_csv, tmp_path
+):
+    """A training run promotes while customers are scored: every score set is whole and
+    names a run that was complete when it was read."""
+    import threading
+
+    from custseg.scoring import write_score_set
+
+    root = tmp_path / "root"
+    shutil.copytree(trained, root)
+    done = threading.Event()
+
+    def train() -> None:
+        try:
+            for i in range(2):
+                run_pipeline(PipelineConfig(k_max=10), input_path=str(mall_csv), out=str(root),
+                             run_id=f"again-{i}")  # fmt: skip
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    seen, n = set(), 0
+    while not done.is_set() or n < 3:
+        result = score_customers_with_drift(resolve_run(str(root)), str(mall_csv))
+        folder = write_score_set(result, tmp_path / "scores" / f"s{n}")
+        assert sorted(p.name for p in folder.iterdir()) == ["drift.html", "drift.json",
+                                                            "predictions.csv"]  # fmt: skip
+        seen.add(result.drift["reference_run_id"])
+        n += 1
+    thread.join()
+    assert seen <= {"mall", "again-0", "again-1"} and len(seen) >= 1
+    for run_id in seen:
+        assert (root / "runs" / run_id / "metrics.json").exists()
+    assert json.loads((root / "latest.json").read_text())["run_id"] == "again-1"

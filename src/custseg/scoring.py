@@ -26,6 +26,9 @@ from custseg.sanitize import csv_bytes, logger
 
 log = logger(__name__)
 
+FAULT_IN_SCORE_SET = "CUSTSEG_FAULT_IN_SCORE_SET"
+"""Fault injection for tests: the process SIGKILLs itself with the score set half-written."""
+
 
 @dataclass(frozen=True)
 class ScoreSet:
@@ -174,6 +177,10 @@ def write_score_set(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         (tmp / "predictions.csv").write_bytes(csv_bytes(score.predictions))
+        if os.environ.get(FAULT_IN_SCORE_SET):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
         (tmp / "drift.json").write_bytes(json_bytes(score.drift))
         (tmp / "drift.html").write_text(drift_html(score.drift))
         for name, data in (extra or {}).items():
