@@ -90,7 +90,7 @@ def customer_segmentation():
         from custseg.orchestration import load_task
 
         return load_task(params, run_id=run_id, home=HOME, try_number=ti.try_number,
-                         conf=dag_run.conf)  # fmt: skip
+                         conf=dag_run.conf, dag_id=dag_run.dag_id)  # fmt: skip
 
     @task
     def data_preprocessing_task(loaded):

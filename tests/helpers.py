@@ -13,6 +13,7 @@ def comparable(metrics: dict[str, Any], *, keep_paths: bool = False) -> dict[str
     the segment ids were aligned to (its ids and its matches are kept), and the model file's
     hash (skops names array members by object id, so equal models differ in bytes)."""
     drop = RUN_SPECIFIC[:2] + (() if keep_paths else RUN_SPECIFIC[2:4]) + RUN_SPECIFIC[4:]
+    drop += ("origin",)  # who started the run: the CLI (None) or an Airflow DAG run
     out = {k: v for k, v in metrics.items() if k not in drop}
     if out.get("predictions"):
         out["predictions"] = {k: v for k, v in out["predictions"].items() if k != "path"}

@@ -290,6 +290,7 @@ def load_task(
     home: str | os.PathLike[str],
     try_number: int = 1,
     conf: Mapping[str, Any] | None = None,
+    dag_id: str = "customer_segmentation",
 ) -> dict[str, Any]:
     """Validate params, load the input, then create the run directory (named after the
     Airflow run id) and store the table in it: bad input creates nothing.
@@ -304,19 +305,22 @@ def load_task(
         req = request_from_params(params, home=home, conf=conf)
         log.info("params: %s", req.to_dict())
         name = safe_run_id(run_id) + (f"-try{try_number}" if try_number > 1 else "")
-        run, table = start_run(req, run_id=name)
+        run, table = start_run(req, run_id=name, origin={"airflow_dag_id": dag_id,
+                                                          "airflow_run_id": run_id})  # fmt: skip
     return {"run_dir": run.uri, "run_id": run.run_id, "n_rows_read": int(table.n_rows_read),
             "sweep_batches": req.sweep_batches}  # fmt: skip
 
 
-def start_run(request: RunRequest, *, run_id: str | None = None) -> tuple[RunDir, Any]:
+def start_run(
+    request: RunRequest, *, run_id: str | None = None, origin: dict[str, str] | None = None
+) -> tuple[RunDir, Any]:
     """The first step of the staged runner: load the input, then create the run directory
     and hand the table over in it (bad input creates nothing)."""
     from custseg.pipeline import STEP, Context
     from custseg.rundir import ArtifactStore
 
     table = STEP["table"].compute(Context(request=request))
-    run = ArtifactStore(request.artifacts_root).create_run(request, run_id=run_id)
+    run = ArtifactStore(request.artifacts_root).create_run(request, run_id=run_id, origin=origin)
     SAVE["table"](run, table)
     return run, table
 

@@ -433,6 +433,7 @@ def finish(
         "selection": fit_info["selection"],
         "segment_alignment": alignment,
         "reference_run_id": None if record.reference is None else record.reference.run_id,
+        "origin": record.origin,
         "features": summary["features"],
         "feature_min": summary["feature_min"],
         "feature_max": summary["feature_max"],

@@ -96,12 +96,14 @@ class RunRecord:
     created_at: str
     request: RunRequest
     reference: Reference | None
+    origin: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         ref = None if self.reference is None else vars(self.reference)
         return {"run_id": self.run_id, "created_at": self.created_at,
-                "request": self.request.to_dict(), "reference": ref}  # fmt: skip
+                "request": self.request.to_dict(), "reference": ref,
+                "origin": self.origin}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
@@ -110,7 +112,7 @@ class RunRecord:
         config = PipelineConfig.from_dict(req.pop("config"))
         ref = data.get("reference")
         return cls(data["run_id"], data["created_at"], RunRequest(config=config, **req),
-                   None if ref is None else Reference(**ref))  # fmt: skip
+                   None if ref is None else Reference(**ref), data.get("origin"))  # fmt: skip
 
 
 class RunDir:
@@ -392,9 +394,13 @@ class ArtifactStore:
         safe = safe_run_id(run_id)
         return RunDir(storage.join(self.root, RUNS, safe), safe)
 
-    def create_run(self, request: RunRequest, *, run_id: str | None = None) -> RunDir:
+    def create_run(
+        self, request: RunRequest, *, run_id: str | None = None,
+        origin: dict[str, str] | None = None,
+    ) -> RunDir:  # fmt: skip
         """A new run directory holding its record; a reused run id is refused on every
-        scheme. The promoted run at this moment is recorded as the run's alignment reference."""
+        scheme. The promoted run at this moment is recorded as the run's alignment reference;
+        `origin` says who started it (e.g. the Airflow DAG and run ids)."""
         run = self.run(run_id or new_run_id())
         exists = InputError(f"run directory {run.uri} exists already; use a new run id")
         if storage.is_remote(run.uri):
@@ -410,7 +416,7 @@ class ArtifactStore:
         latest = self.latest()
         reference = None if latest is None else Reference(latest.run_id, latest.uri)
         created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        record = RunRecord(run.run_id, created, request, reference)
+        record = RunRecord(run.run_id, created, request, reference, origin)
         run.write_json(_RECORD, record.to_dict())
         log.info("run %s started in %s (aligns to %s)", run.run_id, run.uri,
                  reference.run_id if reference else "nothing")  # fmt: skip

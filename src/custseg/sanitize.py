@@ -38,21 +38,45 @@ def safe_cell(value: Any) -> Any:
 
 def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy of `frame` whose text cells and column names are safe to open in a spreadsheet."""
+    import pandas as pd
+
     out = frame.rename(columns=lambda c: safe_cell(str(c)))
     for col in out.columns:
-        if out[col].dtype == object or str(out[col].dtype) in ("string", "str"):
-            out[col] = out[col].map(safe_cell)
-        elif hasattr(out[col].dtype, "pyarrow_dtype"):
-            import pandas as pd
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col].dtype):
+            out[col] = _safe_column(out[col])
+    return out
 
-            if pd.api.types.is_string_dtype(out[col].dtype):
-                out[col] = out[col].astype(object).map(safe_cell)
+
+def _safe_column(column: pd.Series) -> pd.Series:
+    """`safe_cell` on the cells that need it: found with vectorised string tests, so a
+    million clean ids cost no Python call each."""
+    text = column.astype("string")
+    risky = text.str.startswith(_FORMULA_START) | text.str.contains(_CONTROL.pattern)
+    risky = risky.fillna(False).astype(bool)
+    if not risky.any():
+        return column
+    out = column.astype(object)
+    out[risky.to_numpy()] = out[risky.to_numpy()].map(safe_cell)
     return out
 
 
 def csv_bytes(frame: pd.DataFrame, **kwargs: Any) -> bytes:
     """`frame` as CSV bytes for people: formula cells neutralised (see `safe_cell`)."""
     return spreadsheet_safe(frame).to_csv(index=False, **kwargs).encode()
+
+
+def csv_bytes_arrow(frame: pd.DataFrame) -> bytes:
+    """`csv_bytes` written by Arrow's CSV writer: several times faster on a million rows;
+    text cells quoted, booleans as `true`/`false`, whole floats without `.0`."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    table = pa.Table.from_pandas(spreadsheet_safe(frame), preserve_index=False)
+    buf = io.BytesIO()
+    pacsv.write_csv(table, buf, pacsv.WriteOptions(quoting_style="needed"))
+    return buf.getvalue()
 
 
 class _Printable(logging.Filter):

@@ -22,7 +22,7 @@ import pandas as pd
 from custseg import storage
 from custseg.drift import Thresholds, drift_report, novelty_limits
 from custseg.rundir import RunDir
-from custseg.sanitize import csv_bytes, logger
+from custseg.sanitize import csv_bytes_arrow, logger
 
 log = logger(__name__)
 
@@ -54,15 +54,17 @@ def score_customers_with_drift(
     X = table.frame[list(table.features)].to_numpy(dtype=np.float64)
     ok = ~np.isnan(X).any(axis=1)
     nearest, dist, margin = assign(model, X[ok])
+    k = info.k
     p99 = novelty_limits(metrics)
-    novel = np.array([d > p99.get(int(s), np.inf) for s, d in zip(nearest, dist, strict=True)],
-                     dtype=bool)  # fmt: skip
+    limits = np.array([p99.get(s, np.inf) for s in range(k)])
+    novel = dist > limits[nearest]
     names = {int(s["segment"]): s["label"] for s in metrics["segments"]}
     out = _input_frame(table)
     out["segment"] = pd.array(np.full(len(X), pd.NA), dtype="Int64")
     out.loc[ok, "segment"] = nearest
+    segment_names = np.array([names.get(s, "") for s in range(k)], dtype=object)
     out["segment_name"] = ""
-    out.loc[ok, "segment_name"] = [names.get(int(s), "") for s in nearest]
+    out.loc[ok, "segment_name"] = segment_names[nearest]
     for name, values in (("distance", dist), ("margin", margin)):
         out[name] = np.nan
         out.loc[ok, name] = np.round(np.where(np.isinf(values), np.nan, values), 6)
@@ -176,7 +178,7 @@ def write_score_set(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        (tmp / "predictions.csv").write_bytes(csv_bytes(score.predictions))
+        (tmp / "predictions.csv").write_bytes(csv_bytes_arrow(score.predictions))
         if os.environ.get(FAULT_IN_SCORE_SET):
             import signal
 

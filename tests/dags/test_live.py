@@ -53,6 +53,28 @@ def live_dir():
         print(f"live test files kept in {path}")
 
 
+SEGMENTS_SHOT = ROOT / "test-artifacts" / "airflow-segments-tab.png"
+IFRAME_TEXT = """(() => { const f = document.querySelector('iframe');
+  try { return f && f.contentDocument && f.contentDocument.body
+        ? f.contentDocument.body.innerText : ''; } catch (e) { return ''; } })()"""
+CLICK_TAB = """(() => { const tab = [...document.querySelectorAll('a, button')]
+  .find(e => e.textContent.trim() === 'Segments'); if (tab) { tab.click(); return true; }
+  return false; })()"""
+
+
+def segments_tab(browser, stack) -> str:
+    """On the DAG run page, click the plugin's "Segments" tab (one click) and return the text
+    of the report it shows in its iframe; a screenshot is kept."""
+    wait_for("the Segments tab", lambda: browser.evaluate(CLICK_TAB), timeout=60,
+             interval=1.0, stack=stack)  # fmt: skip
+    text = wait_for("the segment table in the Segments tab",
+                    lambda: (lambda t: t if "segment" in t and "share" in t else None)(
+                        browser.evaluate(IFRAME_TEXT) or ""),
+                    timeout=90, interval=1.0, stack=stack)  # fmt: skip
+    browser.screenshot(SEGMENTS_SHOT)
+    return str(text)
+
+
 def load_test(api, stack, artifacts: Path) -> None:
     """8 CLI runs and 4 DAG runs started at once into one artifacts root all complete; every
     read of latest.json meanwhile names a complete run; every run records its reference."""
@@ -153,8 +175,13 @@ def test_standalone_runs_the_dag_from_rest_and_the_ui_shows_it(live_dir):
                                     browser.text()),
                                 timeout=90, interval=1.0, stack=stack)  # fmt: skip
                 browser.screenshot(SCREENSHOT)
+                segments = segments_tab(browser, stack)
             assert DAG_ID in text and "Sign in" not in text
             assert SCREENSHOT.stat().st_size > 10_000
+            # one click from the DAG run page: the run's report, its segment table first
+            assert "Customer segments" in segments and "Segments" in segments
+            assert all(f"{i}\t" in segments for i in range(int(metrics["chosen_k"])))
+            assert SEGMENTS_SHOT.stat().st_size > 10_000
         finally:
             api.close()
     for proc in stack.procs:
