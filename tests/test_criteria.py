@@ -99,9 +99,12 @@ def test_auto_does_not_depend_on_k_max(mall):
     with threadpool_limits(limits=1):
         full = sweep_k(Xs, range(1, 51), seed=42, n_init=10, scorer=CriteriaScorer(Xs, seed=42))
         sel = choose_auto(full, Xs, seed=42)
-    assert sel.chosen_k == 5 and sel.details == auto(Xs, seed=42).details | {
-        "knee": sel.details["knee"]
-    }
+    small = auto(Xs, seed=42).details
+    # only the elbow, computed on the whole swept range (stated beside it), follows k_max
+    elbow = {"knee": sel.details["knee"], "elbow_k_range": [1, 50],
+             "picks": {**small["picks"], "elbow": sel.details["knee"]}}  # fmt: skip
+    assert sel.chosen_k == 5 and sel.details == small | elbow
+    assert sel.details["picks"]["elbow"] == sel.details["knee"]
 
 
 def test_uniform_noise_gives_one_segment_and_says_so():

@@ -162,6 +162,27 @@ def test_input_errors_fail_the_airflow_task_without_retry():
             raise OSError("disk full")
 
 
+def test_airflow_failures_name_the_param_not_the_cli_flag(monkeypatch, tmp_path):
+    """In Airflow, "pass --input" / "choose other --features" read as the params' names."""
+    pytest.importorskip("airflow.sdk")
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from custseg.orchestration import load_task
+
+    monkeypatch.setenv("CUSTSEG_ALLOWED_ROOTS", f"{ROOT}{os.pathsep}{tmp_path}")
+    with pytest.raises(AirflowFailException) as err:
+        load_task({"input_path": str(tmp_path / "missing.csv"),
+                   "artifacts_root": str(tmp_path)}, run_id="r", home=ROOT)  # fmt: skip
+    assert str(err.value).endswith("check the path (cwd-relative) or pass input_path")
+    bad = tmp_path / "words.csv"
+    bad.write_text("CustomerID,Annual Income (k$),Spending Score (1-100)\n"
+                   + "".join(f"{i},{i},x{i}\n" for i in range(20)))  # fmt: skip
+    with pytest.raises(AirflowFailException) as err:
+        load_task({"input_path": str(bad), "artifacts_root": str(tmp_path)}, run_id="r2",
+                  home=ROOT)  # fmt: skip
+    assert "--" not in str(err.value) and "features" in str(err.value)
+
+
 def test_load_task_names_the_run_dir_after_the_run_id_and_the_try(monkeypatch, tmp_path):
     from custseg.orchestration import load_task
 

@@ -297,6 +297,9 @@ def _print_summary(run: Any, *, latest: str | None, seconds: float | None = None
     say(f"features: {', '.join(metrics['features'])} (scaler: {metrics['scaler']})")
     say(f"chosen k = {metrics['chosen_k']} by {metrics['selection']['method']}: "
           f"{metrics['selection']['reason']}")  # fmt: skip
+    from custseg.report import k_decision_text
+
+    say(f"  in words: {k_decision_text({**metrics['selection'], 'chosen_k': metrics['chosen_k']})}")
     if "confidence" in metrics["selection"]:
         sel = metrics["selection"]
         picks = ", ".join(f"{c} {k}" for c, k in sel["picks"].items() if k is not None)

@@ -311,7 +311,8 @@ def choose_auto(sweep: SweepResult, X: np.ndarray, *, seed: int) -> Selection:
     picks = criterion_picks(values)
     h, p = hopkins(X, seed=seed)
     crit_ks = sorted({k for v in values.values() for k in v})
-    elbow = elbow_k(crit_ks, [sweep.sse[sweep.ks.index(k)] for k in crit_ks])
+    # the elbow is computed once, on the whole swept range, and reported the same everywhere
+    elbow = elbow_k(list(sweep.ks), list(sweep.sse))
     structured = p < HOPKINS_ALPHA
     k = combine(values, picks)
     gap_gain = _gap_gain(values, k)
@@ -349,7 +350,8 @@ def choose_auto(sweep: SweepResult, X: np.ndarray, *, seed: int) -> Selection:
         "gap_gain_over_k1": None if gap_gain is None else _round(gap_gain, 6),
         "values": {c: {str(kk): _round(v, 6) for kk, v in values[c].items()} for c in values},
         "criteria_k_range": [crit_ks[0], crit_ks[-1]] if crit_ks else None,
-        "knee": elbow_k(list(sweep.ks), list(sweep.sse)),
+        "knee": elbow,
+        "elbow_k_range": [sweep.ks[0], sweep.ks[-1]],
     }
     return Selection("auto", k, reason, details)
 

@@ -316,6 +316,16 @@ def add_cli_options(parser: Any) -> None:
         group.add_argument(*cli_flags(name, spec), **kwargs)
 
 
+def in_dag_terms(message: str) -> str:
+    """`message` with each CLI flag of an option the DAG offers written as its param name
+    (`pass --input` -> `pass input_path`), for errors shown in Airflow."""
+    import re
+
+    names = {flag: name for name, (spec, _) in all_options(DAG).items()
+             for flag in cli_flags(name, spec)}  # fmt: skip
+    return re.sub(r"--[a-z][a-z-]*", lambda m: names.get(m.group(), m.group()), message)
+
+
 def cli_values(args: Any) -> dict[str, Any]:
     """The option values given on a command line (flags left out are not returned)."""
     return {
@@ -374,5 +384,6 @@ __all__ = [
     "check_known",
     "cli_values",
     "dag_params",
+    "in_dag_terms",
     "parse_request",
 ]

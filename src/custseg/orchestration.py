@@ -202,7 +202,10 @@ def fail_fast_on_input_errors(run: RunDir | None = None) -> Iterator[None]:
     try:
         yield
     except InputError as exc:
-        log.error("bad input: %s", exc)
+        from custseg.options import in_dag_terms
+
+        message = in_dag_terms(str(exc))
+        log.error("bad input: %s", message)
         if run is not None:
             from custseg import storage
 
@@ -211,7 +214,7 @@ def fail_fast_on_input_errors(run: RunDir | None = None) -> Iterator[None]:
             from airflow.sdk.exceptions import AirflowFailException
         except ImportError:  # pragma: no cover - without Airflow the InputError stands
             raise exc from None
-        raise AirflowFailException(str(exc)) from exc
+        raise AirflowFailException(message) from exc
 
 
 def _attach_to_task_log() -> None:

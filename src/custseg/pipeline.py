@@ -516,8 +516,10 @@ def _prediction_summary(
         warnings.append(f"{test}: {n_missing} test customer(s) miss a feature; "
                         "they get no segment")  # fmt: skip
     counts = pred["segment"].value_counts().sort_index()
+    far = pred[pred["out_of_range"] != ""].head(20).astype(str)
     return {"path": path, "n_rows": len(pred), "n_out_of_range": n_far,
-            "segment_counts": {str(k): int(v) for k, v in counts.items()}}  # fmt: skip
+            "segment_counts": {str(k): int(v) for k, v in counts.items()},
+            "far_examples": far.to_dict(orient="records")}  # fmt: skip
 
 
 def _run(ctx: Context) -> RunDir:

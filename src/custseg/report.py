@@ -16,7 +16,10 @@ from custseg.sanitize import logger
 log = logger(__name__)
 
 _SHORT_NAMES = {"income": "income", "spending": "spending", "spend": "spending", "age": "age"}
-_LEVELS = ("low", "mid", "high")
+LEVEL_Z = 0.5
+"""A segment is `high` (`low`) on a feature when its mean is at least this many standard
+deviations of all customers above (below) the mean of all customers; else `average`."""
+MAX_LABEL_FEATURES = 3
 
 
 def short_feature_name(column: str) -> str:
@@ -28,51 +31,125 @@ def short_feature_name(column: str) -> str:
     return " ".join(words) or column
 
 
-def level_of(value: float, low: float, high: float) -> str:
-    """`low`, `mid` or `high` against the feature's tertile cut points."""
-    if value < low:
-        return "low"
-    if value > high:
-        return "high"
-    return "mid"
+def _part(short: str, z: float, rel: float | None, *, always_size: bool = False) -> str:
+    word = "high" if z >= LEVEL_Z else "low" if z <= -LEVEL_Z else "average"
+    if rel is None or (word == "average" and not always_size):
+        return f"{word} {short}"
+    return f"{word} {short} ({rel:+.0%})"
 
 
-def segment_label(centroid: np.ndarray, cuts: np.ndarray, features: tuple[str, ...]) -> str:
-    """`high income · low spending`: each feature's level at the centroid."""
-    return " · ".join(
-        f"{level_of(float(c), float(lo), float(hi))} {short_feature_name(f)}"
-        for c, (lo, hi), f in zip(centroid, cuts, features, strict=True)
-    )
+def segment_labels(
+    means: np.ndarray, population: np.ndarray, features: tuple[str, ...]
+) -> list[str]:
+    """Each segment described against all customers, with the size of the difference:
+    `high income (+58%) · low spending (-43%)`. A feature is high or low when the segment's
+    mean is `LEVEL_Z` standard deviations from the mean of all customers; the percentage is
+    the difference of the means. With more than `MAX_LABEL_FEATURES` features only the most
+    distinctive ones are named. Labels within a run are unique (sizes are added, then the
+    segment number, until they are)."""
+    mu = population.mean(axis=0)
+    sd = population.std(axis=0)
+    z = np.where(sd > 0, (means - mu) / np.where(sd > 0, sd, 1), 0.0)
+    rel = np.where(np.abs(mu) > 1e-12, (means - mu) / np.where(np.abs(mu) > 1e-12, np.abs(mu), 1),
+                   np.nan)  # fmt: skip
+    shorts = [short_feature_name(f) for f in features]
+
+    def label(i: int, always_size: bool) -> str:
+        order = range(len(features))
+        if len(features) > MAX_LABEL_FEATURES:
+            top = np.argsort(-np.abs(z[i]), kind="stable")[:MAX_LABEL_FEATURES]
+            order = sorted(int(j) for j in top)
+        return " · ".join(
+            _part(shorts[j], float(z[i, j]), None if np.isnan(rel[i, j]) else float(rel[i, j]),
+                  always_size=always_size)
+            for j in order
+        )  # fmt: skip
+
+    labels = [label(i, False) for i in range(len(means))]
+    for always_size in (True, None):
+        seen: dict[str, int] = {}
+        for text in labels:
+            seen[text] = seen.get(text, 0) + 1
+        if all(n == 1 for n in seen.values()):
+            break
+        for i, text in enumerate(labels):
+            if seen[text] > 1:
+                labels[i] = label(i, True) if always_size else f"{text} (segment {i})"
+    return labels
+
+
+def k_decision_text(selection: dict[str, Any]) -> str:
+    """The k decision in a few sentences an analyst can act on (the technical table of the
+    criteria stays below it in the report)."""
+    k = int(selection["chosen_k"])
+    lo, hi = (selection.get("elbow_k_range") or selection.get("k_range")
+              or selection.get("criteria_k_range") or ["?", "?"])  # fmt: skip
+    knee = selection.get("knee")
+    elbow = (f"the elbow of the SSE curve (k = {lo}..{hi}) is at {knee}" if knee is not None
+             else f"the SSE curve (k = {lo}..{hi}) has no clear elbow")  # fmt: skip
+    if selection.get("method") == "elbow":
+        if knee is None:
+            return (f"{k} segment(s): {elbow}, so k_min was used. Try select = auto, which "
+                    "weighs four measures and checks the choice on resamples.")  # fmt: skip
+        return f"{k} segments: {elbow}. (select = auto would also check it on resamples.)"
+    if k == 1:
+        return ("No clear segment structure: the customers look like one group "
+                f"({selection.get('reason', '').split(': ', 1)[-1]}); {elbow}. Segments forced "
+                "on such data are arbitrary. Try other features, or more customers.")  # fmt: skip
+    picks = {c: v for c, v in (selection.get("picks") or {}).items() if c != "elbow"}
+    voters = [c for c, v in picks.items() if v is not None]
+    agree = sum(picks[c] == k for c in voters)
+    stab = selection.get("stability") or {}
+    resamples = stab.get("resample_ks") or []
+    held = sum(r == k for r in resamples)
+    text = f"{k} segments. {agree} of {len(voters)} measures agree"
+    if resamples:
+        text += f" and the choice held in {held} of {len(resamples)} resamples"
+    text += f"; {elbow}."
+    confidence = selection.get("confidence")
+    others = sorted({v for c, v in picks.items() if v is not None and v != k})
+    if confidence == "high":
+        return text + " Confidence is high."
+    if confidence == "medium":
+        alt = f" compare with k = {', '.join(map(str, others))}" if others else ""
+        return text + f" Confidence is medium: the segments are usable;{alt or ' check them'}."
+    alt = ", ".join(map(str, others)) or "a few other values"
+    return (text + " Confidence is low: treat the segments as tentative. Try other features, "
+            f"a k range around {alt} (k_min, k_max), or more customers.")  # fmt: skip
 
 
 def profile_segments(
     X: np.ndarray, labels: np.ndarray, centroids: np.ndarray, features: tuple[str, ...]
 ) -> pd.DataFrame:
-    """One row per segment: size, share, centroid and mean of each feature, and a label.
-
-    Levels are relative to the data's own tertiles, so `high income` means the top third.
-    """
-    cuts = np.quantile(X, [1 / 3, 2 / 3], axis=0).T
+    """One row per segment: size, share, label, and each feature's centroid (the model's)
+    and mean (of the segment's customers), in original units. Files for people show the
+    means only (`for_people`)."""
     n = len(labels)
     k = len(centroids)
     counts = np.bincount(labels, minlength=k)
     # per-segment sums in one pass per feature (no per-segment copies of the rows)
     sums = np.stack([np.bincount(labels, weights=X[:, j], minlength=k) for j in range(X.shape[1])])
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), np.asarray(centroids).T).T
+    names = segment_labels(means, X, features)
     rows: list[dict[str, Any]] = []
     for seg, centroid in enumerate(centroids):
         row: dict[str, Any] = {
             "segment": seg,
             "size": int(counts[seg]),
             "share": round(float(counts[seg]) / n, 4) if n else 0.0,
-            "label": segment_label(centroid, cuts, features),
+            "label": names[seg],
         }
         for j, f in enumerate(features):
             row[f"centroid {f}"] = round(float(centroid[j]), 4)
         for j, f in enumerate(features):
-            mean = sums[j, seg] / counts[seg] if counts[seg] else None
-            row[f"mean {f}"] = None if mean is None else round(float(mean), 4)
+            row[f"mean {f}"] = round(float(means[seg, j]), 4) if counts[seg] else None
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def for_people(profile: pd.DataFrame) -> pd.DataFrame:
+    """The profile without the model's centroid columns (they repeat the means)."""
+    return profile[[c for c in profile.columns if not str(c).startswith("centroid ")]]
 
 
 def _figure(figsize: tuple[float, float]) -> tuple[Any, Any]:
@@ -166,7 +243,7 @@ def report_html(metrics: dict[str, Any], profile: pd.DataFrame, images: dict[str
     rows = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary
     )
-    shown = profile.assign(share=[f"{v:.1%}" for v in profile["share"]])
+    shown = for_people(profile).assign(share=[f"{v:.1%}" for v in profile["share"]])
     table = shown.to_html(index=False, classes="segments", border=0, float_format="{:.2f}".format)
     warnings = metrics.get("warnings") or []
     warn_html = (
@@ -179,25 +256,66 @@ def report_html(metrics: dict[str, Any], profile: pd.DataFrame, images: dict[str
         f"<figure>{_img(png, name)}<figcaption>{html.escape(name)}</figcaption></figure>"
         for name, png in images.items()
     )
+    decision = html.escape(k_decision_text({**sel, "chosen_k": metrics["chosen_k"]}))
+    reason = f" Started because: {html.escape(metrics['reason'])}." if metrics.get("reason") else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Customer segments: run {html.escape(metrics["run_id"])}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
+body {{ font-family: system-ui, sans-serif; margin: 1rem auto; max-width: 1100px; color: #222;
+       padding: 0 .8rem; }}
+.scroll {{ overflow-x: auto; }}
 table {{ border-collapse: collapse; margin: 1rem 0; }}
 th, td {{ padding: .3rem .7rem; border-bottom: 1px solid #ddd; text-align: left; }}
-table.segments td {{ text-align: right; }}
-figure {{ display: inline-block; margin: .5rem; }} img {{ max-width: 520px; }}
+table.segments td {{ text-align: right; }} table.segments td:nth-child(4) {{ text-align: left; }}
+figure {{ display: inline-block; margin: .5rem 0; max-width: 100%; }}
+img {{ max-width: 100%; height: auto; }} p.note {{ color: #555; font-size: .9rem; }}
 </style></head><body>
 <h1>Customer segments</h1>
-<p>{metrics["chosen_k"]} segments found in {metrics["n_rows_used"]} customers.</p>
-<table class="summary">{rows}</table>
-{warn_html}
+<p>{metrics["chosen_k"]} segments found in {metrics["n_rows_used"]} customers.{reason}</p>
+<p class="decision">{decision}</p>
+<h2>Segments</h2><div class="scroll">{table}</div>
+<p class="note">Names compare each segment with all customers: high (low) means the segment's
+mean is at least {LEVEL_Z} standard deviations above (below) the mean of all customers, and the
+percentage is the difference of the two means. Columns: the mean of each feature in the
+segment, in the data's units.</p>
+{_predictions_html(metrics)}
 {lifecycle}
 <h2>Plots</h2>{plots}
-<h2>Segments</h2>{table}
+{warn_html}
+<h2>Details</h2><div class="scroll"><table class="summary">{rows}</table></div>
 </body></html>
 """
+
+
+def _predictions_html(metrics: dict[str, Any]) -> str:
+    """Counts per segment of the scored test customers, and those far outside the range."""
+    pred = metrics.get("predictions")
+    if not pred:
+        return ""
+    names = {str(s["segment"]): s["label"] for s in metrics.get("segments", [])}
+    rows = "".join(
+        f"<tr><td>{html.escape(seg)}</td><td>{html.escape(names.get(seg, ''))}</td>"
+        f"<td>{n}</td></tr>"
+        for seg, n in (pred.get("segment_counts") or {}).items()
+    )  # fmt: skip
+    far = pred.get("far_examples") or []
+    far_html = ""
+    if far:
+        cols = list(far[0])
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols)
+                       + "</tr>" for r in far)  # fmt: skip
+        more = pred["n_out_of_range"] - len(far)
+        first = f" (the first {len(far)} below)" if more > 0 else ""
+        far_html = (f"<p>{pred['n_out_of_range']} customer(s) lie far outside the training "
+                    f"range; their segment is an extrapolation{first}:</p>"
+                    f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>')  # fmt: skip
+    return (f"<h2>Predictions</h2><p>{pred['n_rows']} new customers scored "
+            f"(<code>{html.escape(str(pred.get('path', '')))}</code>).</p>"
+            f"<table><tr><th>segment</th><th>name</th><th>customers</th></tr>{rows}</table>"
+            + far_html)  # fmt: skip
 
 
 def selection_png(selection: dict[str, Any]) -> bytes:
@@ -243,8 +361,8 @@ def _promotion_html(metrics: dict[str, Any]) -> str:
         for c in promotion["checks"]
     )
     return (f"<h2>{head}</h2><p>{html.escape(promotion['reason'])}</p>"
-            "<table class=\"gate\"><tr><th>check</th><th>result</th><th>value</th><th>rule</th>"
-            f"</tr>{rows}</table>")  # fmt: skip
+            "<div class=\"scroll\"><table class=\"gate\"><tr><th>check</th><th>result</th>"
+            f"<th>value</th><th>rule</th></tr>{rows}</table></div>")  # fmt: skip
 
 
 def _who_moved_html(metrics: dict[str, Any]) -> str:
@@ -264,4 +382,4 @@ def _who_moved_html(metrics: dict[str, Any]) -> str:
     return (f"<h2>Who moved since {ref}</h2><p>{moves['moved']} of "
             f"{moves['customers_in_both']} customers present in both training sets changed "
             f"segment (rows: old segment, columns: new).</p><ul>{notes}</ul>"
-            + matrix.to_html(classes="moved", border=0))  # fmt: skip
+            + f'<div class="scroll">{matrix.to_html(classes="moved", border=0)}</div>')  # fmt: skip

@@ -45,6 +45,7 @@ REPORT = "report.html"
 PREDICTIONS = "predictions.csv"
 PROFILE = "profile.csv"
 ASSIGNMENTS = "assignments.parquet"
+ASSIGNMENTS_CSV = "assignments.csv"
 SSE = "sse.csv"
 REFERENCE = "reference.json"
 ELBOW_PNG = "elbow.png"
@@ -62,6 +63,7 @@ _FIT_MODEL = f"{WORK}/fit-model.skops"
 _LABELS = f"{WORK}/labels.parquet"
 _SEGMENTS = f"{WORK}/segments.json"
 _DISTANCES = f"{WORK}/distances.json"
+_PROFILE = f"{WORK}/profile.json"
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -241,7 +243,9 @@ class RunDir:
 
     # -- artifacts -------------------------------------------------------------------------
 
-    def _save_labels(self, name: str, labels: np.ndarray, ids: Any, id_column: str | None) -> None:
+    def _save_labels(
+        self, name: str, labels: np.ndarray, ids: Any, id_column: str | None
+    ) -> pd.DataFrame:
         import numpy as np
         import pandas as pd
 
@@ -252,6 +256,7 @@ class RunDir:
             ids = ids.array if isinstance(ids, pd.Series) else pd.arrays.ArrowExtensionArray(ids)
             frame.insert(0, id_column, ids)
         write_parquet(frame, self.path(name))
+        return frame
 
     def load_labels(self) -> np.ndarray:
         """Each training customer's segment, from `assignments.parquet`."""
@@ -266,8 +271,12 @@ class RunDir:
         return read_parquet(self.path(ASSIGNMENTS)).to_pandas()
 
     def save_assignments(self, labels: np.ndarray, ids: Any, id_column: str | None) -> None:
-        """`assignments.parquet`: each training customer's segment, with its id if any."""
-        self._save_labels(ASSIGNMENTS, labels, ids, id_column)
+        """`assignments.parquet` and, for spreadsheets, `assignments.csv`: each training
+        customer's segment, with its id if any."""
+        from custseg.sanitize import csv_bytes_arrow
+
+        frame = self._save_labels(ASSIGNMENTS, labels, ids, id_column)
+        self.write_bytes(ASSIGNMENTS_CSV, csv_bytes_arrow(frame))
         log.info("wrote segment assignments of %d customers", len(labels))
 
     def save_model(self, model: Any) -> str:
@@ -292,18 +301,21 @@ class RunDir:
         return hashlib.sha256(self.read_bytes(MODEL)).hexdigest()
 
     def save_profile(self, profile: pd.DataFrame) -> None:
-        """`profile.csv`: one row per segment (formula-like cells neutralised)."""
+        """`profile.csv` for people (one row per segment, its customers' means; see
+        `sanitize.csv_bytes`) and the whole table for the next step (`work/profile.json`)."""
+        from custseg.report import for_people
         from custseg.sanitize import csv_bytes
 
-        self.write_bytes(PROFILE, csv_bytes(profile))
+        self.write_json(_PROFILE, {"columns": list(profile.columns),
+                                   "rows": profile.to_dict(orient="records")})  # fmt: skip
+        self.write_bytes(PROFILE, csv_bytes(for_people(profile)))
 
     def load_profile(self) -> pd.DataFrame:
         """The segment table `save_profile` wrote."""
-        import io
-
         import pandas as pd
 
-        return pd.read_csv(io.BytesIO(self.read_bytes(PROFILE)))
+        data = self.read_json(_PROFILE)
+        return pd.DataFrame(data["rows"], columns=data["columns"])
 
     def save_segment_distances(self, distances: dict[str, Any]) -> None:
         """Each segment's distance percentiles (`work/distances.json`)."""

@@ -60,9 +60,15 @@ def _safe_column(column: pd.Series) -> pd.Series:
     return out
 
 
+BOM = "\ufeff"
+"""CSV files for people start with a UTF-8 byte order mark: Excel then reads them as UTF-8
+(without it, `·` in a segment name shows as `Â·`); pandas, pyarrow and custseg skip it."""
+
+
 def csv_bytes(frame: pd.DataFrame, **kwargs: Any) -> bytes:
-    """`frame` as CSV bytes for people: formula cells neutralised (see `safe_cell`)."""
-    return spreadsheet_safe(frame).to_csv(index=False, **kwargs).encode()
+    """`frame` as CSV bytes for people: UTF-8 with a byte order mark (`BOM`), formula cells
+    neutralised (see `safe_cell`)."""
+    return (BOM + spreadsheet_safe(frame).to_csv(index=False, **kwargs)).encode()
 
 
 def csv_bytes_arrow(frame: pd.DataFrame) -> bytes:
@@ -75,6 +81,7 @@ def csv_bytes_arrow(frame: pd.DataFrame) -> bytes:
 
     table = pa.Table.from_pandas(spreadsheet_safe(frame), preserve_index=False)
     buf = io.BytesIO()
+    buf.write(BOM.encode())
     pacsv.write_csv(table, buf, pacsv.WriteOptions(quoting_style="needed"))
     return buf.getvalue()
 

@@ -46,7 +46,7 @@ def choose_elbow(sweep: SweepResult) -> Selection:
     """The mission's rule: the knee of the SSE curve; if there is none, say so and use k_min."""
     ks, sse = list(sweep.ks), list(sweep.sse)
     knee = elbow_k(ks, sse)
-    details = {"knee": knee, "k_range": [ks[0], ks[-1]]}
+    details = {"knee": knee, "k_range": [ks[0], ks[-1]], "elbow_k_range": [ks[0], ks[-1]]}
     if knee is not None:
         return Selection("elbow", knee, f"KneeLocator found the elbow of the SSE curve at k={knee}",
                          details)  # fmt: skip

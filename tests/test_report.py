@@ -1,0 +1,119 @@
+"""What an analyst reads: segment names, the k decision in words, files for spreadsheets."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from custseg.options import PipelineConfig
+from custseg.pipeline import run_pipeline
+from custseg.report import k_decision_text, segment_labels
+
+BOM = b"\xef\xbb\xbf"
+FEATURES = ("Annual Income (k$)", "Spending Score (1-100)")
+
+
+@pytest.fixture(scope="module")
+def mall_run(tmp_path_factory, mall_csv, sample_test_csv):
+    out = tmp_path_factory.mktemp("report") / "out"
+    summary = run_pipeline(PipelineConfig(k_max=10), input_path=str(mall_csv), out=str(out),
+                           test_path=str(sample_test_csv), run_id="mall")  # fmt: skip
+    run_dir = out / "runs" / "mall"
+    return run_dir, json.loads((run_dir / "metrics.json").read_text()), summary
+
+
+def test_names_compare_each_segment_with_all_customers(mall_run, mall_csv):
+    _, metrics, _ = mall_run
+    labels = {s["label"] for s in metrics["segments"]}
+    assert labels == {
+        "average income · average spending",
+        "high income (+43%) · high spending (+64%)",
+        "high income (+46%) · low spending (-66%)",
+        "low income (-58%) · high spending (+58%)",
+        "low income (-57%) · low spending (-58%)",
+    }
+    # the percentage is the difference of the means, as the report's note says
+    mall = pd.read_csv(mall_csv)
+    seg = next(s for s in metrics["segments"] if s["label"].startswith("high income (+43%)"))
+    mean_all = mall[FEATURES[0]].mean()
+    assert round(seg[f"mean {FEATURES[0]}"] / mean_all - 1, 2) == 0.43
+
+
+def test_names_are_unique_even_when_the_words_repeat():
+    population = np.array([[0.0, 0.0], [10.0, 10.0], [20.0, 20.0], [30.0, 30.0]])
+    means = np.array([[15.0, 14.0], [15.5, 16.0], [30.0, 0.0]])
+    labels = segment_labels(means, population, FEATURES)
+    assert len(set(labels)) == 3
+    assert labels[0] == "average income (+0%) · average spending (-7%)"
+    assert labels[1] == "average income (+3%) · average spending (+7%)"
+    assert labels[2] == "high income (+100%) · low spending (-100%)"
+    same = segment_labels(np.array([[15.0, 15.0], [15.0, 15.0]]), population, FEATURES)
+    assert same == ["average income (+0%) · average spending (+0%) (segment 0)",
+                    "average income (+0%) · average spending (+0%) (segment 1)"]  # fmt: skip
+
+
+def test_levels_follow_all_customers_not_the_range(messy_csv, tmp_path):
+    """On the messy Mall data a segment with mean spending 79.6 was labelled "mid spending"
+    (tertiles of the range). Now each level says where the segment's mean lies against all
+    customers (mean 71.0, sd 21.1 on this file): 79.6 is average (+12%), and is named so."""
+    run_pipeline(PipelineConfig(k_max=10), input_path=str(messy_csv), out=str(tmp_path),
+                 run_id="messy")  # fmt: skip
+    metrics = json.loads((tmp_path / "runs" / "messy" / "metrics.json").read_text())
+    used = pd.read_csv(messy_csv, na_values="?").dropna(subset=list(FEATURES)).drop_duplicates()
+    assert len(used) == metrics["n_rows_used"]
+    for seg in metrics["segments"]:
+        for feature, short in zip(FEATURES, ("income", "spending"), strict=True):
+            col = used[feature]
+            z = (seg[f"mean {feature}"] - col.mean()) / col.std(ddof=0)
+            word = "high" if z >= 0.5 else "low" if z <= -0.5 else "average"
+            assert f"{word} {short}" in seg["label"], (seg, feature, z)
+        assert "mid " not in seg["label"]
+    assert len({s["label"] for s in metrics["segments"]}) == len(metrics["segments"])
+
+
+def test_the_k_decision_reads_as_a_sentence_with_one_elbow(mall_run):
+    run_dir, metrics, _ = mall_run
+    sel = metrics["selection"]
+    text = k_decision_text({**sel, "chosen_k": metrics["chosen_k"]})
+    knee = sel["knee"]
+    assert sel["picks"]["elbow"] == knee and sel["elbow_k_range"] == [1, 10]
+    assert text.startswith("5 segments. ")
+    assert f"the elbow of the SSE curve (k = 1..10) is at {knee}" in text
+    assert "of 5 resamples" in text and "Confidence is" in text
+    report = (run_dir / "report.html").read_text()
+    assert text.replace("'", "&#x27;") in report
+    low = k_decision_text({**sel, "confidence": "low"})
+    assert "Confidence is low: treat the segments as tentative. Try other features" in low
+
+
+def test_csv_files_open_in_excel_and_keep_no_duplicate_columns(mall_run, sample_test_csv):
+    run_dir, metrics, _ = mall_run
+    for name in ("predictions.csv", "profile.csv", "assignments.csv", "sse.csv"):
+        data = (run_dir / name).read_bytes()
+        assert data.startswith(BOM), name
+        data.decode("utf-8")
+    profile = pd.read_csv(io.BytesIO((run_dir / "profile.csv").read_bytes()))
+    assert list(profile.columns) == ["segment", "size", "share", "label",
+                                     f"mean {FEATURES[0]}", f"mean {FEATURES[1]}"]  # fmt: skip
+    assert "·" in profile["label"].iloc[0]  # read back as UTF-8, not mojibake
+    assigned = pd.read_csv(run_dir / "assignments.csv", dtype={"CustomerID": str})
+    parquet = pd.read_parquet(run_dir / "assignments.parquet")
+    assert assigned["CustomerID"].tolist() == parquet["CustomerID"].tolist()
+    assert assigned["segment"].tolist() == parquet["segment"].tolist()
+    assert len(assigned) == 200 and assigned["CustomerID"].iloc[0] == "0001"
+
+
+def test_the_report_has_a_predictions_section(mall_run):
+    run_dir, metrics, _ = mall_run
+    report = (run_dir / "report.html").read_text()
+    assert "<h2>Predictions</h2>" in report and "25 new customers scored" in report
+    counts = metrics["predictions"]["segment_counts"]
+    assert sum(counts.values()) == 25
+    for seg, n in counts.items():
+        name = next(s["label"] for s in metrics["segments"] if str(s["segment"]) == seg)
+        assert f"<td>{seg}</td><td>{name}</td><td>{n}</td>" in report
+    assert '<meta name="viewport"' in report  # reads at phone width
