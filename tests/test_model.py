@@ -52,8 +52,13 @@ def test_predictions_are_nearest_scaled_centroid(tmp_path, fitted):
     d = ((scaled[:, None] - model[-1].cluster_centers_[None]) ** 2).sum(-1)
     assert pred["segment"].iloc[[0, 1, 3]].tolist() == d.argmin(1).tolist()
     assert pred["segment"].isna().tolist() == [False, False, True, False]
-    assert pred["note"].iloc[2] == "missing feature"
+    assert pred["segment_name"].iloc[2] == "no segment: missing feature"
     assert pred["out_of_range"].tolist() == ["", "", "", "income"]
+    assert list(pred.columns) == ["id", "income", "score", "segment", "segment_name",
+                                  "distance", "margin", "out_of_range"]  # fmt: skip
+    assert (pred["margin"].dropna() >= 0).all()
+    np.testing.assert_allclose(pred["distance"].iloc[[0, 1, 3]],
+                               np.sqrt(d.min(1)).round(6), atol=1e-6)  # fmt: skip
 
 
 def test_pipeline_with_function_transformer_is_refused(tmp_path):

@@ -465,10 +465,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = run.load_model(verify=True)
     info = run.metrics()
     summary = info if "feature_min" in info else run.prepared_summary()  # runs before 0.2
+    labels = {int(s["segment"]): str(s["label"]) for s in info["segments"]}
     pred = score_customers(model, args.input, summary=summary,
-                           needed_by=f"the model in {run.uri}")  # fmt: skip
+                           needed_by=f"the model in {run.uri}", names=labels)  # fmt: skip
     Path(args.out).write_bytes(csv_bytes(pred))
-    labels = {s["segment"]: s["label"] for s in info["segments"]}
     counts = pred["segment"].value_counts().sort_index()
     say(f"model: {run.uri} (k={model_info(model).k})")
     say(f"scored {len(pred)} customers -> {args.out}")

@@ -285,42 +285,42 @@ OUT_OF_RANGE_MARGIN = 0.10
 
 
 def predict_segments(
-    model: Any, table: Any, *, train_min: list[float], train_max: list[float]
+    model: Any,
+    table: Any,
+    *,
+    train_min: list[float],
+    train_max: list[float],
+    names: dict[int, str] | None = None,
 ) -> pd.DataFrame:
-    """Segment of each customer of a loaded table, through the saved (scaling) pipeline.
+    """Segment of each customer of a loaded table, through the saved (scaling) pipeline:
+    the input's columns, then `segment`, `segment_name`, `distance` and `margin` (the model's
+    scaled units) and `out_of_range`.
 
-    Rows missing a feature get no segment and say why; values far outside the training
-    range are flagged in `out_of_range` (the features named), since the model extrapolates.
+    Rows missing a feature get no segment and say so in `segment_name`; values far outside
+    the training range are flagged in `out_of_range` (the features named), since the model
+    extrapolates.
     """
-    info = model_info(model)
+    from custseg.scoring import input_frame
+
     X = table.frame[list(table.features)].to_numpy(dtype=np.float64)
     ok = ~np.isnan(X).any(axis=1)
-    segments = np.full(len(X), -1, dtype=np.int64)
-    distance = np.full(len(X), np.nan)
-    if ok.any():
-        frame = pd.DataFrame(X[ok], columns=list(info.features))
-        segments[ok] = model.predict(frame)
-        dists = model.transform(frame)
-        distance[ok] = dists[np.arange(len(dists)), segments[ok]]
+    nearest, dist, gap = assign(model, X[ok])
     lo, hi = np.asarray(train_min), np.asarray(train_max)
-    margin = (hi - lo) * OUT_OF_RANGE_MARGIN
-    outside = (X < lo - margin) | (X > hi + margin)
-    flags = [
-        ";".join(f for f, bad in zip(info.features, row, strict=True) if bad) for row in outside
-    ]
-    ids = (
-        table.frame[table.id_column].to_numpy(dtype=object)
-        if table.id_column
-        else np.arange(1, len(X) + 1)
-    )
-    out = pd.DataFrame({table.id_column or "row": ids})
-    for j, f in enumerate(table.features):
-        out[f] = X[:, j]
-    out["segment"] = pd.array(np.where(ok, segments, -1), dtype="Int64").astype("Int64")
-    out.loc[~ok, "segment"] = pd.NA
-    out["distance"] = np.round(distance, 6)
+    width = (hi - lo) * OUT_OF_RANGE_MARGIN
+    outside = (X < lo - width) | (X > hi + width)
+    flags = [";".join(f for f, bad in zip(table.features, row, strict=True) if bad)
+             for row in outside]  # fmt: skip
+    k = model_info(model).k
+    labels = np.array([(names or {}).get(s, "") for s in range(k)], dtype=object)
+    out = input_frame(table)
+    out["segment"] = pd.array(np.full(len(X), pd.NA), dtype="Int64")
+    out.loc[ok, "segment"] = nearest
+    out["segment_name"] = "no segment: missing feature"
+    out.loc[ok, "segment_name"] = labels[nearest]
+    for column, values in (("distance", dist), ("margin", gap)):
+        out[column] = np.nan
+        out.loc[ok, column] = np.round(np.where(np.isinf(values), np.nan, values), 6)
     out["out_of_range"] = flags
-    out["note"] = np.where(ok, "", "missing feature")
     return out
 
 

@@ -379,7 +379,12 @@ def write_profile(ctx: Context, profile: Profile) -> None:
 
 
 def score_customers(
-    model: Any, input_path: str, *, summary: dict[str, Any], needed_by: str
+    model: Any,
+    input_path: str,
+    *,
+    summary: dict[str, Any],
+    needed_by: str,
+    names: dict[int, str] | None = None,
 ) -> pd.DataFrame:
     """Segments of the customers in `input_path` by `model`; values far outside the training
     range (`summary`'s feature_min/max) are flagged in `out_of_range`."""
@@ -390,7 +395,7 @@ def score_customers(
     table = load_customers(input_path, features=model_info(model).features, needed_by=needed_by)
     with heartbeat(f"predict: {table.n_rows_read} customers"):
         return predict_segments(model, table, train_min=summary["feature_min"],
-                                train_max=summary["feature_max"])  # fmt: skip
+                                train_max=summary["feature_max"], names=names)  # fmt: skip
 
 
 def finish(
@@ -416,7 +421,10 @@ def finish(
     predictions = None
     test = ctx.request.test_path
     if test:
-        pred = score_customers(model, test, summary=summary, needed_by="the model of this run")
+        names = {int(s): str(n) for s, n in zip(profile.table["segment"], profile.table["label"],
+                                                  strict=True)}  # fmt: skip
+        pred = score_customers(model, test, summary=summary, needed_by="the model of this run",
+                               names=names)  # fmt: skip
         run.write_bytes(PREDICTIONS, csv_bytes(pred))
         predictions = _prediction_summary(pred, run.path(PREDICTIONS), test, warnings)
     sweep = fit_info["sweep"]

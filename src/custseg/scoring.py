@@ -59,7 +59,7 @@ def score_customers_with_drift(
     limits = np.array([p99.get(s, np.inf) for s in range(k)])
     novel = dist > limits[nearest]
     names = {int(s["segment"]): s["label"] for s in metrics["segments"]}
-    out = _input_frame(table)
+    out = input_frame(table)
     out["segment"] = pd.array(np.full(len(X), pd.NA), dtype="Int64")
     out.loc[ok, "segment"] = nearest
     segment_names = np.array([names.get(s, "") for s in range(k)], dtype=object)
@@ -79,7 +79,7 @@ def score_customers_with_drift(
     return ScoreSet(out, drift)
 
 
-def _input_frame(table: Any) -> pd.DataFrame:
+def input_frame(table: Any) -> pd.DataFrame:
     """The input's columns in file order (features as read, other columns as text)."""
     from custseg.io import input_columns
 
