@@ -117,3 +117,42 @@ def test_the_report_has_a_predictions_section(mall_run):
         name = next(s["label"] for s in metrics["segments"] if str(s["segment"]) == seg)
         assert f"<td>{seg}</td><td>{name}</td><td>{n}</td>" in report
     assert '<meta name="viewport"' in report  # reads at phone width
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    import struct
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_three_features_are_plotted_as_every_pair():
+    from custseg.report import segments_png
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 3))
+    labels = (X[:, 2] > 0).astype(int)
+    cents = np.array([X[labels == 0].mean(0), X[labels == 1].mean(0)])
+    two = _png_size(segments_png(X[:, :2], labels, cents[:, :2], FEATURES, ["a", "b"]))
+    three = _png_size(segments_png(X, labels, cents, (*FEATURES, "Age"), ["a", "b"]))
+    # a 2 x 2 grid (3 pairs) instead of one panel: about twice as tall
+    assert three[1] > 1.6 * two[1]
+
+
+def test_many_features_are_mapped_on_their_principal_components():
+    from sklearn.decomposition import PCA
+
+    from custseg.report import _pca_map, segments_png
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(400, 6)) * [1, 2, 3, 4, 5, 6]
+    names = tuple(f"f{i}" for i in range(6))
+    P, C, axes, title = _pca_map(X, X[:3], names)
+    Z = (X - X.mean(0)) / X.std(0)
+    ref = PCA(n_components=2).fit_transform(Z)
+    for c in range(2):  # the same components, up to their sign
+        assert np.allclose(np.abs(P[:, c]), np.abs(ref[:, c]), atol=1e-8)
+    assert axes[0].startswith("PC1 (") and "% of variance" in axes[0]
+    assert title == "3 customer segments on a PCA map of 6 features"
+    png = segments_png(X, np.arange(400) % 3, X[:3], names, ["a", "b", "c"])
+    assert _png_size(png)[0] > 300

@@ -186,6 +186,10 @@ def elbow_png(ks: list[int], sse: list[float], *, chosen_k: int, knee: int | Non
     return _figure_png(fig)
 
 
+PAIRWISE_MAX_FEATURES = 4
+"""Up to this many features the segment plot is a grid of every pair; beyond, a PCA map."""
+
+
 def segments_png(
     X: np.ndarray,
     labels: np.ndarray,
@@ -196,27 +200,69 @@ def segments_png(
     max_points: int = 20000,
     seed: int = 0,
 ) -> bytes:
-    """The first two features, coloured by segment, centroids marked (sampled when large)."""
+    """Customers coloured by segment, centroids marked (sampled when large): the two features
+    themselves; every pair of up to `PAIRWISE_MAX_FEATURES` features in a grid; beyond, the
+    first two principal components of the standardised features."""
     if len(X) > max_points:
         pick = np.random.default_rng(seed).choice(len(X), max_points, replace=False)
         X, labels = X[pick], labels[pick]
-    fig, ax = _figure((8.5, 5.5))
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10" if len(centroids) <= 10 else "tab20"]
-    xj, yj = (0, 1) if X.shape[1] > 1 else (0, 0)
-    for seg in range(len(centroids)):
-        pts = X[labels == seg]
-        ax.scatter(pts[:, xj], pts[:, yj], s=12, alpha=0.7, color=cmap(seg % cmap.N),
-                   label=f"{seg}: {names[seg]}")  # fmt: skip
-    ax.scatter(centroids[:, xj], centroids[:, yj], marker="X", s=160, color="black",
-               edgecolor="white", linewidth=1.2, label="centroids", zorder=5)  # fmt: skip
-    ax.set_xlabel(features[xj])
-    ax.set_ylabel(features[yj])
-    ax.set_title(f"{len(centroids)} customer segments")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    n_feat = X.shape[1]
+    if n_feat > PAIRWISE_MAX_FEATURES:
+        P, C, axes_names, title = _pca_map(X, centroids, features)
+        pairs = [(0, 1)]
+    else:
+        P, C, axes_names = X, np.asarray(centroids), list(features)
+        pairs = [(i, j) for i in range(n_feat) for j in range(i + 1, n_feat)] or [(0, 0)]
+        title = f"{len(centroids)} customer segments"
+    cols = min(len(pairs), 2)
+    rows = -(-len(pairs) // cols)
+    legend_rows = -(-(len(C) + 1) // 2)
+    fig, _ = _figure((5.6 * cols + (2.8 if cols == 1 else 0), 4.2 * rows + 0.28 * legend_rows))
+    fig.clf()
+    handles = None
+    for n, (xj, yj) in enumerate(pairs):
+        ax = fig.add_subplot(rows, cols, n + 1)
+        for seg in range(len(C)):
+            pts = P[labels == seg]
+            ax.scatter(pts[:, xj], pts[:, yj], s=10, alpha=0.7, color=cmap(seg % cmap.N),
+                       label=f"{seg}: {names[seg]}")  # fmt: skip
+        ax.scatter(C[:, xj], C[:, yj], marker="X", s=140, color="black", edgecolor="white",
+                   linewidth=1.2, label="centroids", zorder=5)  # fmt: skip
+        ax.set_xlabel(axes_names[xj])
+        ax.set_ylabel(axes_names[yj])
+        ax.grid(alpha=0.3)
+        handles = ax.get_legend_handles_labels()
+    fig.suptitle(title)
+    if handles:
+        fig.legend(*handles, fontsize=8, loc="lower center", ncol=2, frameon=False)
+        fig.subplots_adjust(bottom=(0.28 * legend_rows + 0.5) / (4.2 * rows + 0.28 * legend_rows),
+                            hspace=0.3, wspace=0.25)  # fmt: skip
     return _figure_png(fig)
+
+
+def _pca_map(
+    X: np.ndarray, centroids: np.ndarray, features: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """Customers and centroids on the first two principal components of the standardised
+    features, axis names with their share of variance and strongest features."""
+    mu, sd = X.mean(axis=0), X.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    Z = (X - mu) / sd
+    _, sv, vt = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
+    share = sv**2 / max(float((sv**2).sum()), 1e-12)
+    names = []
+    for c in range(2):
+        top = np.argsort(-np.abs(vt[c]))[:2]
+        lead = ", ".join(f"{'+' if vt[c, j] > 0 else '-'}{short_feature_name(features[j])}"
+                         for j in top)  # fmt: skip
+        names.append(f"PC{c + 1} ({share[c]:.0%} of variance: {lead})")
+    P = Z @ vt[:2].T
+    C = ((np.asarray(centroids) - mu) / sd) @ vt[:2].T
+    title = f"{len(centroids)} customer segments on a PCA map of {len(features)} features"
+    return P, C, names, title
 
 
 def _img(png: bytes, alt: str) -> str:
