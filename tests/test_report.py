@@ -156,3 +156,37 @@ def test_many_features_are_mapped_on_their_principal_components():
     assert title == "3 customer segments on a PCA map of 6 features"
     png = segments_png(X, np.arange(400) % 3, X[:3], names, ["a", "b", "c"])
     assert _png_size(png)[0] > 300
+
+
+def test_every_column_is_profiled_by_segment(mall_run, mall_csv):
+    run_dir, metrics, _ = mall_run
+    rows = {(r["column"], r["statistic"]): r for r in metrics["column_profiles"]}
+    assert {c for c, _ in rows} == {"Annual Income (k$)", "Spending Score (1-100)", "Age",
+                                    "Genre"}  # fmt: skip
+    assert {c for (c, _), r in rows.items() if r["clustered"]} == set(FEATURES)
+    mall = pd.read_csv(mall_csv, dtype={"CustomerID": str})
+    seg = pd.read_parquet(run_dir / "assignments.parquet").set_index("CustomerID")["segment"]
+    mall["segment"] = mall["CustomerID"].map(seg)
+    for s, group in mall.groupby("segment"):
+        assert rows["Age", "mean"][str(s)] == round(group["Age"].mean(), 2)
+        assert rows["Age", "median"][str(s)] == round(group["Age"].median(), 2)
+        assert rows["Genre", "share Female"][str(s)] == round(
+            (group["Genre"] == "Female").mean(), 4
+        )
+    assert rows["Genre", "share Male"]["all"] == round((mall["Genre"] == "Male").mean(), 4)
+    report = (run_dir / "report.html").read_text()
+    assert "<h2>Every column by segment</h2>" in report
+    assert "Annual Income (k$) <b>(clustered)</b>" in report and "Age</td>" in report
+
+
+def test_columns_are_matched_by_row_without_an_id_column(tmp_path, mall_csv):
+    frame = pd.read_csv(mall_csv).drop(columns=["CustomerID"])
+    frame.loc[3, "Annual Income (k$)"] = None  # a dropped row: later rows must still match
+    path = tmp_path / "no_id.csv"
+    frame.to_csv(path, index=False)
+    run_pipeline(PipelineConfig(k_max=6), input_path=str(path), out=str(tmp_path / "o"),
+                 run_id="r")  # fmt: skip
+    metrics = json.loads((tmp_path / "o" / "runs" / "r" / "metrics.json").read_text())
+    ages = next(r for r in metrics["column_profiles"] if r["column"] == "Age"
+                and r["statistic"] == "mean")  # fmt: skip
+    assert ages["all"] == round(frame.drop(index=3)["Age"].mean(), 2)

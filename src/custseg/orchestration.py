@@ -257,7 +257,8 @@ def _saved_segments(run: RunDir) -> Any:
 def _saved_profile(run: RunDir) -> Any:
     from custseg.pipeline import Profile
 
-    return Profile(run.load_profile(), distances=run.segment_distances())
+    return Profile(run.load_profile(), distances=run.segment_distances(),
+                   columns=run.column_profiles())  # fmt: skip
 
 
 def run_step(name: str, run_dir: str, *, ks: Sequence[int] | None = None) -> Any:

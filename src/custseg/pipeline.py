@@ -134,6 +134,7 @@ class Profile:
     plot: bytes = b""
     distances: dict[str, dict[str, float]] = field(default_factory=dict)
     reference: dict[str, Any] = field(default_factory=dict)
+    columns: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,43 @@ def profile(ctx: Context, prepared: PreparedData, segments: Segments) -> Profile
     plot = segments_png(prepared.X, segments.labels, centroids, prepared.features,
                         list(table["label"]), seed=ctx.config.seed)  # fmt: skip
     distances, reference = segment_distances(segments.model, prepared, segments.labels)
-    return Profile(table, plot, distances, reference)
+    columns = profile_columns(ctx.request.input_path, prepared, segments.labels, len(centroids))
+    return Profile(table, plot, distances, reference, columns)
+
+
+PROFILE_ROWS = 200_000
+"""Every-column profiles use at most this many customers (a fixed-seed sample)."""
+
+
+def profile_columns(
+    input_path: str, prepared: PreparedData, labels: np.ndarray, k: int
+) -> list[dict[str, Any]]:
+    """Each segment on every column of the input (`custseg.report.column_profiles`): the
+    other columns are read again and matched to the rows used by id (or row number)."""
+    import pandas as pd
+
+    from custseg.io import other_columns
+    from custseg.report import column_profiles
+
+    idc = prepared.id_column
+    try:
+        others = other_columns(input_path, set(prepared.features))
+    except (InputError, OSError, ValueError) as exc:
+        log.warning("columns beyond the features not profiled: %s", exc)
+        others = pd.DataFrame()
+    rows = np.arange(prepared.n_rows_used)
+    if len(rows) > PROFILE_ROWS:
+        rows = np.sort(np.random.default_rng(0).choice(len(rows), PROFILE_ROWS, replace=False))
+    ids = pd.Series(prepared.ids).iloc[rows].astype(str).to_numpy()
+    if others.empty or (idc and idc not in others):
+        matched = pd.DataFrame(index=range(len(rows)))
+    elif idc:
+        table = others.drop_duplicates(subset=[idc]).set_index(idc)
+        matched = table.reindex(ids).reset_index(drop=True)
+    else:
+        matched = others.iloc[ids.astype(np.int64) - 1].reset_index(drop=True)
+    features = {f: prepared.X[rows, j] for j, f in enumerate(prepared.features)}
+    return column_profiles(matched, np.asarray(labels)[rows], k, features)
 
 
 def segment_distances(
@@ -376,6 +413,7 @@ def write_profile(ctx: Context, profile: Profile) -> None:
     run.write_bytes(SEGMENTS_PNG, profile.plot)
     run.save_segment_distances(profile.distances)
     run.save_reference(profile.reference)
+    run.save_column_profiles(profile.columns)
 
 
 def score_customers(
@@ -455,6 +493,7 @@ def finish(
         "model_sha256": run.model_sha256(),
         "segments": profile.table.to_dict(orient="records"),
         "segment_distances": profile.distances,
+        "column_profiles": profile.columns,
         "predictions": predictions,
         "warnings": warnings,
         "versions": {

@@ -147,6 +147,61 @@ def profile_segments(
     return pd.DataFrame(rows)
 
 
+MAX_CATEGORIES = 12
+"""A text column with at most this many distinct values is profiled as categories."""
+
+
+def column_profiles(
+    columns: pd.DataFrame, labels: np.ndarray, k: int, features: dict[str, np.ndarray]
+) -> list[dict[str, Any]]:
+    """Each segment on every column: mean and median of numbers, shares of categories (such
+    as Gender). `features` (the clustered columns) come first and say so; text columns with
+    many distinct values (names, free text) are listed as not profiled."""
+    labels = np.asarray(labels)
+    out: list[dict[str, Any]] = []
+
+    def numbers(name: str, values: np.ndarray, clustered: bool) -> None:
+        for stat, fn in (("mean", np.nanmean), ("median", np.nanmedian)):
+            row: dict[str, Any] = {"column": name, "statistic": stat, "clustered": clustered}
+            with np.errstate(all="ignore"):
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    row["all"] = _r(fn(values))
+                    for seg in range(k):
+                        row[str(seg)] = _r(fn(values[labels == seg]))
+            out.append(row)
+
+    for name, values in features.items():
+        numbers(name, np.asarray(values, dtype=np.float64), True)
+    for name in columns.columns:
+        text = columns[name]
+        parsed = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+        given = text.notna().to_numpy()
+        if given.any() and np.isfinite(parsed[given]).mean() >= 0.9:
+            numbers(str(name), parsed, False)
+            continue
+        distinct = text.dropna().unique()
+        if len(distinct) > MAX_CATEGORIES:
+            out.append({"column": str(name), "statistic": f"not profiled ({len(distinct)} "
+                        "distinct values)", "clustered": False})  # fmt: skip
+            continue
+        for value in sorted(map(str, distinct)):
+            hit = (text == value).to_numpy()
+            row = {"column": str(name), "statistic": f"share {value}", "clustered": False,
+                   "all": _r(hit.mean(), 4)}  # fmt: skip
+            for seg in range(k):
+                inside = labels == seg
+                row[str(seg)] = _r(hit[inside].mean(), 4) if inside.any() else None
+            out.append(row)
+    return out
+
+
+def _r(value: float, digits: int = 2) -> float | None:
+    return round(float(value), digits) if np.isfinite(value) else None
+
+
 def for_people(profile: pd.DataFrame) -> pd.DataFrame:
     """The profile without the model's centroid columns (they repeat the means)."""
     return profile[[c for c in profile.columns if not str(c).startswith("centroid ")]]
@@ -326,6 +381,7 @@ img {{ max-width: 100%; height: auto; }} p.note {{ color: #555; font-size: .9rem
 mean is at least {LEVEL_Z} standard deviations above (below) the mean of all customers, and the
 percentage is the difference of the two means. Columns: the mean of each feature in the
 segment, in the data's units.</p>
+{_columns_html(metrics)}
 {_predictions_html(metrics)}
 {lifecycle}
 <h2>Plots</h2>{plots}
@@ -333,6 +389,31 @@ segment, in the data's units.</p>
 <h2>Details</h2><div class="scroll"><table class="summary">{rows}</table></div>
 </body></html>
 """
+
+
+def _columns_html(metrics: dict[str, Any]) -> str:
+    """Every column of the input by segment; the clustered ones marked."""
+    rows = metrics.get("column_profiles") or []
+    if not rows:
+        return ""
+    segs = [str(s["segment"]) for s in metrics.get("segments", [])]
+    head = "".join(f"<th>{html.escape(s)}</th>" for s in segs)
+
+    def cell(v: Any, stat: str) -> str:
+        if v is None:
+            return "<td>–</td>"
+        return f"<td>{v:.0%}</td>" if stat.startswith("share ") else f"<td>{v:g}</td>"
+
+    body = "".join(
+        f"<tr><td>{html.escape(r['column'])}{' <b>(clustered)</b>' if r['clustered'] else ''}"
+        f"</td><td>{html.escape(r['statistic'])}</td>{cell(r.get('all'), r['statistic'])}"
+        + "".join(cell(r.get(s), r["statistic"]) for s in segs) + "</tr>"
+        for r in rows
+    )  # fmt: skip
+    return ("<h2>Every column by segment</h2><p class=\"note\">Columns marked "
+            "<b>(clustered)</b> defined the segments; the others describe them.</p>"
+            f"<div class=\"scroll\"><table class=\"columns\"><tr><th>column</th><th></th>"
+            f"<th>all</th>{head}</tr>{body}</table></div>")  # fmt: skip
 
 
 def _predictions_html(metrics: dict[str, Any]) -> str:

@@ -64,6 +64,7 @@ _LABELS = f"{WORK}/labels.parquet"
 _SEGMENTS = f"{WORK}/segments.json"
 _DISTANCES = f"{WORK}/distances.json"
 _PROFILE = f"{WORK}/profile.json"
+_COLUMNS = f"{WORK}/columns.json"
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -316,6 +317,14 @@ class RunDir:
 
         data = self.read_json(_PROFILE)
         return pd.DataFrame(data["rows"], columns=data["columns"])
+
+    def save_column_profiles(self, rows: list[dict[str, Any]]) -> None:
+        """Every column by segment (`work/columns.json`), for `metrics.json`."""
+        self.write_json(_COLUMNS, rows)
+
+    def column_profiles(self) -> list[dict[str, Any]]:
+        """What `save_column_profiles` wrote ([] for runs made before it existed)."""
+        return list(self.read_json(_COLUMNS)) if self.exists(_COLUMNS) else []
 
     def save_segment_distances(self, distances: dict[str, Any]) -> None:
         """Each segment's distance percentiles (`work/distances.json`)."""
