@@ -97,7 +97,7 @@ def test_csv_files_open_in_excel_and_keep_no_duplicate_columns(mall_run, sample_
         assert data.startswith(BOM), name
         data.decode("utf-8")
     profile = pd.read_csv(io.BytesIO((run_dir / "profile.csv").read_bytes()))
-    assert list(profile.columns) == ["segment", "size", "share", "label",
+    assert list(profile.columns) == ["segment", "size", "share", "name", "label",
                                      f"mean {FEATURES[0]}", f"mean {FEATURES[1]}"]  # fmt: skip
     assert "·" in profile["label"].iloc[0]  # read back as UTF-8, not mojibake
     assigned = pd.read_csv(run_dir / "assignments.csv", dtype={"CustomerID": str})
@@ -190,3 +190,59 @@ def test_columns_are_matched_by_row_without_an_id_column(tmp_path, mall_csv):
     ages = next(r for r in metrics["column_profiles"] if r["column"] == "Age"
                 and r["statistic"] == "mean")  # fmt: skip
     assert ages["all"] == round(frame.drop(index=3)["Age"].mean(), 2)
+
+
+def test_your_segment_names_are_shown_and_carried_across_a_retrain(tmp_path, mall_csv,
+                                                                   sample_test_csv):  # fmt: skip
+    from custseg.cli import main
+
+    names = tmp_path / "names.yaml"
+    names.write_text("0: Steady middle\n1: VIPs\n3: Young enthusiasts\n")
+    out = tmp_path / "out"
+    args = ["--out", str(out), "--k-max", "10", "--no-progress"]
+    assert main(["run", "--input", str(mall_csv), "--names", str(names), "--test",
+                 str(sample_test_csv), "--run-id", "named", *args]) == 0  # fmt: skip
+    first = json.loads((out / "runs" / "named" / "metrics.json").read_text())
+    assert first["segment_names"] == {"0": "Steady middle", "1": "VIPs",
+                                      "3": "Young enthusiasts"}  # fmt: skip
+    by_id = {s["segment"]: s for s in first["segments"]}
+    assert by_id[1]["name"] == "VIPs" and by_id[1]["label"].startswith("high income")
+    assert by_id[2]["name"] == ""
+    pred = pd.read_csv(out / "runs" / "named" / "predictions.csv")
+    assert set(pred.loc[pred["segment"] == 1, "segment_name"]) <= {"VIPs"}
+    assert set(pred.loc[pred["segment"] == 2, "segment_name"]) <= {by_id[2]["label"]}
+    report = (out / "runs" / "named" / "report.html").read_text()
+    assert "<td>VIPs</td>" in report
+    # a retrain without --names keeps them on the segments that continue; a born one has none
+    mall = pd.read_csv(mall_csv, dtype={"CustomerID": str})
+    rng = np.random.default_rng(7)
+    new = pd.DataFrame({"CustomerID": [f"N{i:03d}" for i in range(20)], "Genre": "Female",
+                        "Age": 30, FEATURES[0]: rng.normal(135, 2, 20).round(),
+                        FEATURES[1]: rng.normal(50, 2, 20).round()})  # fmt: skip
+    grown = tmp_path / "grown.csv"
+    pd.concat([mall, new]).to_csv(grown, index=False)
+    assert main(["run", "--input", str(grown), "--run-id", "retrained", *args]) == 0
+    second = json.loads((out / "runs" / "retrained" / "metrics.json").read_text())
+    assert second["segment_names"] == first["segment_names"]
+    assert second["who_moved"]["born"] == [5]
+    assert next(s for s in second["segments"] if s["segment"] == 5)["name"] == ""
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("0: A\n1: A\n", "two segments share a name"),
+    ("x: A\n", "key 'x' is not a segment id"),
+    ("0: ''\n", "the name of segment 0 must be 1..80 characters"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("0: [unclosed\n", "not a YAML or JSON names file"),
+])  # fmt: skip
+def test_a_bad_names_file_is_refused_before_anything_runs(tmp_path, mall_csv, capsys, text,
+                                                          message):  # fmt: skip
+    from custseg.cli import main
+
+    names = tmp_path / "names.yaml"
+    names.write_text(text)
+    rc = main(["run", "--input", str(mall_csv), "--names", str(names), "--out",
+               str(tmp_path / "out"), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and str(names) in err
+    assert not (tmp_path / "out" / "runs").exists()

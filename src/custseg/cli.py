@@ -279,7 +279,8 @@ def _record_internal_error(log_file: Path | None) -> Path:
 def _print_segments(segments: list[dict[str, Any]]) -> None:
     say(f"  {'seg':>3}  {'size':>7}  {'share':>6}  label")
     for s in segments:
-        say(f"  {s['segment']:>3}  {s['size']:>7}  {s['share'] * 100:5.1f}%  {s['label']}")
+        name = f"{s['name']}: " if s.get("name") else ""
+        say(f"  {s['segment']:>3}  {s['size']:>7}  {s['share'] * 100:5.1f}%  {name}{s['label']}")
 
 
 def _print_summary(run: Any, *, latest: str | None, seconds: float | None = None) -> None:
@@ -465,7 +466,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = run.load_model(verify=True)
     info = run.metrics()
     summary = info if "feature_min" in info else run.prepared_summary()  # runs before 0.2
-    labels = {int(s["segment"]): str(s["label"]) for s in info["segments"]}
+    labels = {int(s["segment"]): str(s.get("name") or s["label"]) for s in info["segments"]}
     pred = score_customers(model, args.input, summary=summary,
                            needed_by=f"the model in {run.uri}", names=labels)  # fmt: skip
     Path(args.out).write_bytes(csv_bytes(pred))

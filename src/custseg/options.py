@@ -126,6 +126,12 @@ class RunRequest:
         flags=("--test", "--test-path"), metavar="PATH",
         help="new customers to assign to segments after training (same columns)",
     )  # fmt: skip
+    names_path: str | None = option(
+        None, kind="path", nullable=True, title="Segment names", section="Data",
+        flags=("--names",), metavar="FILE",
+        help="YAML or JSON mapping segment ids to your names ({0: Bargain hunters, ...}); "
+        "without it a run keeps the names of the run it aligns to, by segment id",
+    )  # fmt: skip
     artifacts_root: str = option(
         "artifacts", kind="path", title="Artifacts root", section="Output",
         flags=("--out", "--artifacts-root"), metavar="OUT",

@@ -188,7 +188,7 @@ def request_from_params(
 
     return dataclasses.replace(
         request, input_path=confined("input_path"), test_path=confined("test_path"),
-        artifacts_root=confined("artifacts_root"),
+        artifacts_root=confined("artifacts_root"), names_path=confined("names_path"),
     )  # fmt: skip
 
 

@@ -170,6 +170,10 @@ def load(ctx: Context) -> CustomerTable:
     table = load_customers(req.input_path, features=ctx.config.features)
     if req.test_path:
         load_customers(req.test_path, features=table.features, needed_by="the model of this run")
+    if req.names_path:
+        from custseg.report import read_segment_names
+
+        read_segment_names(req.names_path)
     log.info("load: %d rows, features %s, id column %s", table.n_rows_read, list(table.features),
              table.id_column)  # fmt: skip
     return table
@@ -339,11 +343,35 @@ def profile(ctx: Context, prepared: PreparedData, segments: Segments) -> Profile
 
     centroids = model_info(segments.model).centroids
     table = profile_segments(prepared.X, segments.labels, centroids, prepared.features)
-    plot = segments_png(prepared.X, segments.labels, centroids, prepared.features,
-                        list(table["label"]), seed=ctx.config.seed)  # fmt: skip
+    names = segment_names(ctx, segments.alignment, len(centroids))
+    table.insert(3, "name", [names.get(i, "") for i in range(len(centroids))])
+    shown = [f"{n} ({d})" if n else d for n, d in zip(table["name"], table["label"], strict=True)]
+    plot = segments_png(prepared.X, segments.labels, centroids, prepared.features, shown,
+                        seed=ctx.config.seed)  # fmt: skip
     distances, reference = segment_distances(segments.model, prepared, segments.labels)
     columns = profile_columns(ctx.request.input_path, prepared, segments.labels, len(centroids))
     return Profile(table, plot, distances, reference, columns)
+
+
+def segment_names(ctx: Context, alignment: dict[str, Any] | None, k: int) -> dict[int, str]:
+    """Your names of the segments: the names file, else those of the reference run carried
+    over by segment id (`custseg.report.carried_names`)."""
+    from custseg.report import carried_names, read_segment_names
+    from custseg.rundir import run_at
+
+    if ctx.request.names_path:
+        names = read_segment_names(ctx.request.names_path)
+    else:
+        reference = _record(ctx).reference
+        try:
+            previous = run_at(reference.run_dir).metrics().get("segment_names") if reference else {}
+        except (InputError, OSError, ValueError):
+            previous = {}
+        names = carried_names(previous or {}, alignment)
+    unknown = sorted(i for i in names if i >= k)
+    if unknown:
+        log.warning("names of segments %s ignored: this run has segments 0..%d", unknown, k - 1)
+    return {i: n for i, n in names.items() if i < k}
 
 
 PROFILE_ROWS = 200_000
@@ -459,8 +487,7 @@ def finish(
     predictions = None
     test = ctx.request.test_path
     if test:
-        names = {int(s): str(n) for s, n in zip(profile.table["segment"], profile.table["label"],
-                                                  strict=True)}  # fmt: skip
+        names = {int(r.segment): str(r.name or r.label) for r in profile.table.itertuples()}
         pred = score_customers(model, test, summary=summary, needed_by="the model of this run",
                                names=names)  # fmt: skip
         run.write_bytes(PREDICTIONS, csv_bytes(pred))
@@ -494,6 +521,9 @@ def finish(
         "segments": profile.table.to_dict(orient="records"),
         "segment_distances": profile.distances,
         "column_profiles": profile.columns,
+        "segment_names": {
+            str(int(r.segment)): r.name for r in profile.table.itertuples() if r.name
+        },  # fmt: skip
         "predictions": predictions,
         "warnings": warnings,
         "versions": {

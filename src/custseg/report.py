@@ -147,6 +147,51 @@ def profile_segments(
     return pd.DataFrame(rows)
 
 
+MAX_NAME_LENGTH = 80
+
+
+def read_segment_names(path: str) -> dict[int, str]:
+    """A names file: YAML or JSON mapping segment ids to names; an `InputError` names the
+    file and the entry that is wrong."""
+    import yaml
+
+    from custseg import storage
+    from custseg.errors import InputError
+
+    try:
+        data = yaml.safe_load(storage.read_bytes(path).decode("utf-8-sig"))
+    except (OSError, FileNotFoundError) as exc:
+        raise InputError(f"{path}: names file not readable ({exc}); check the path") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise InputError(f"{path}: not a YAML or JSON names file ({first}); write one "
+                         "`<segment id>: <name>` per line") from None  # fmt: skip
+    if not isinstance(data, dict) or not data:
+        raise InputError(f"{path}: expected a mapping such as `0: Bargain hunters`, one per "
+                         "segment id")  # fmt: skip
+    out: dict[int, str] = {}
+    for key, value in data.items():
+        if isinstance(key, bool) or not str(key).strip().isdigit():
+            raise InputError(f"{path}: key {key!r} is not a segment id (0, 1, 2, ...)")
+        name = " ".join(str(value).split()) if value is not None else ""
+        if not name or len(name) > MAX_NAME_LENGTH:
+            raise InputError(f"{path}: the name of segment {key} must be 1..{MAX_NAME_LENGTH} "
+                             f"characters, got {value!r}")  # fmt: skip
+        out[int(str(key).strip())] = name
+    if len(set(out.values())) != len(out):
+        raise InputError(f"{path}: two segments share a name; names must be unique")
+    return out
+
+
+def carried_names(previous: dict[str, str], alignment: dict[str, Any] | None) -> dict[int, str]:
+    """The names of a previous run kept by the segments that continue it (same id after the
+    alignment); born segments get none, dissolved segments' names are dropped."""
+    if not previous or not alignment or not alignment.get("aligned"):
+        return {}
+    kept = {m["id"] for m in alignment["matches"] if m["previous_id"] is not None}
+    return {int(i): n for i, n in previous.items() if int(i) in kept}
+
+
 MAX_CATEGORIES = 12
 """A text column with at most this many distinct values is profiled as categories."""
 

@@ -58,7 +58,7 @@ def score_customers_with_drift(
     p99 = novelty_limits(metrics)
     limits = np.array([p99.get(s, np.inf) for s in range(k)])
     novel = dist > limits[nearest]
-    names = {int(s["segment"]): s["label"] for s in metrics["segments"]}
+    names = {int(s["segment"]): s.get("name") or s["label"] for s in metrics["segments"]}
     out = input_frame(table)
     out["segment"] = pd.array(np.full(len(X), pd.NA), dtype="Int64")
     out.loc[ok, "segment"] = nearest

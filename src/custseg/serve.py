@@ -63,7 +63,7 @@ def load_served(path: str) -> Served:
         run_id=run.run_id,
         model=model,
         features=info.features,
-        labels={int(s["segment"]): str(s["label"]) for s in metrics["segments"]},
+        labels={int(s["segment"]): str(s.get("name") or s["label"]) for s in metrics["segments"]},
         novelty=novelty_limits(metrics),
         info={
             "run_id": run.run_id, "k": info.k, "features": list(info.features),
