@@ -90,7 +90,7 @@ def test_same_seed_gives_byte_identical_sse(mall_run, mall_csv):
     assert res.returncode == 0, res.stderr
     a = (out / "runs" / "first" / "sse.csv").read_bytes()
     b = (out / "runs" / "second" / "sse.csv").read_bytes()
-    assert a == b and a.startswith(b"k,sse\n1,")
+    assert a == b and a.startswith(b"\xef\xbb\xbfk,sse\n1,")
 
 
 def test_predict_command_uses_latest(mall_run, sample_test_csv, tmp_path):

@@ -114,8 +114,8 @@ def test_s3_pipeline_on_real_endpoint(s3_endpoint, local_run, sample_csv, sample
     local_pred = storage.read_bytes(f"{out}/runs/s3-1/predictions.csv").decode().splitlines()
     # every column, distance and out_of_range included, as the run itself wrote them
     assert scored == local_pred
-    distances = [float(line.split(",")[4]) for line in scored[1:]]
-    assert scored[0].split(",")[4] == "distance"
+    column = scored[0].split(",").index("distance")  # after the input's columns
+    distances = [float(line.split(",")[column]) for line in scored[1:]]
     assert min(distances) >= 0 and max(distances) > 0
 
 
