@@ -394,11 +394,20 @@ def profile_task(run_dir: str) -> dict[str, Any]:
 
 def finish_task(run_dir: str) -> dict[str, Any]:
     """Reload the saved model, score the test customers, write metrics/report, promote."""
+    from custseg.report import k_decision_text
     from custseg.rundir import METRICS, MODEL, PREDICTIONS, REPORT, run_at
 
     summary = run_step("summary", run_dir)
     run = run_at(run_dir)
+    metrics = run.metrics()
     log.info("run %s: k=%d (%s)", summary["run_id"], summary["chosen_k"], summary["reason"])
+    log.info("in words: %s", k_decision_text({**metrics["selection"],
+                                               "chosen_k": metrics["chosen_k"]}))  # fmt: skip
+    log.info("segment table (%d customers):", metrics["n_rows_used"])
+    for seg in metrics["segments"]:
+        name = f"{seg['name']}: " if seg.get("name") else ""
+        log.info("  segment %d: %d customers (%.1f%%), %s%s", seg["segment"], seg["size"],
+                 100 * seg["share"], name, seg["label"])  # fmt: skip
     for name in (MODEL, METRICS, REPORT, PREDICTIONS):
         if run.exists(name):
             log.info("artifact: %s", run.path(name))
