@@ -650,9 +650,10 @@ def _load(
     )
 
 
-def other_columns(uri: str, known: set[str]) -> pd.DataFrame:
-    """The columns of a customer file that are not in `known` (its id and features), as
-    text, one row per data row (empty when there are none)."""
+def other_columns(uri: str, known: set[str]) -> Any:
+    """The columns of a customer file that are not in `known` (its features), as text, one
+    row per data row: an Arrow table (None when there are none), so that callers can pick
+    rows before paying for pandas objects."""
     import pyarrow.parquet as pq
 
     kind = sniff_format(uri)
@@ -660,14 +661,14 @@ def other_columns(uri: str, known: set[str]) -> pd.DataFrame:
         with _parquet_source(uri) as src:
             pf = pq.ParquetFile(src)
             others = [c for c in pf.schema_arrow.names if c not in known]
-            return pf.read(columns=others).to_pandas() if others else pd.DataFrame()
+            return pf.read(columns=others) if others else None
     header, delimiter, header_line = _split_header(uri, _decode_head(uri, read_head(uri, kind)))
     others = [c for c in header if c not in known]
     if not others:
-        return pd.DataFrame()
+        return None
     local = kind == "csv" and not storage.is_remote(uri)
     data = str(storage.local_path(uri)) if local else read_text_bytes(uri, kind)
-    return _read_csv_arrow(data, delimiter, header, others, set(others), header_line).to_pandas()
+    return _read_csv_arrow(data, delimiter, header, others, set(others), header_line)
 
 
 def input_columns(table: CustomerTable) -> tuple[list[str], pd.DataFrame]:

@@ -384,6 +384,8 @@ def profile_columns(
     """Each segment on every column of the input (`custseg.report.column_profiles`): the
     other columns are read again and matched to the rows used by id (or row number)."""
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     from custseg.io import other_columns
     from custseg.report import column_profiles
@@ -391,20 +393,22 @@ def profile_columns(
     idc = prepared.id_column
     try:
         others = other_columns(input_path, set(prepared.features))
-    except (InputError, OSError, ValueError) as exc:
+    except (InputError, OSError, ValueError, pa.ArrowInvalid) as exc:
         log.warning("columns beyond the features not profiled: %s", exc)
-        others = pd.DataFrame()
+        others = None
     rows = np.arange(prepared.n_rows_used)
     if len(rows) > PROFILE_ROWS:
         rows = np.sort(np.random.default_rng(0).choice(len(rows), PROFILE_ROWS, replace=False))
     ids = pd.Series(prepared.ids).iloc[rows].astype(str).to_numpy()
-    if others.empty or (idc and idc not in others):
+    if others is None or others.num_columns == 0 or (idc and idc not in others.column_names):
         matched = pd.DataFrame(index=range(len(rows)))
     elif idc:
-        table = others.drop_duplicates(subset=[idc]).set_index(idc)
+        # pick the sampled customers in Arrow first: no pandas index over every row
+        picked = others.filter(pc.is_in(others[idc], value_set=pa.array(ids))).to_pandas()
+        table = picked.drop_duplicates(subset=[idc]).set_index(idc)
         matched = table.reindex(ids).reset_index(drop=True)
     else:
-        matched = others.iloc[ids.astype(np.int64) - 1].reset_index(drop=True)
+        matched = others.take(pa.array(ids.astype(np.int64) - 1)).to_pandas()
     features = {f: prepared.X[rows, j] for j, f in enumerate(prepared.features)}
     return column_profiles(matched, np.asarray(labels)[rows], k, features)
 
