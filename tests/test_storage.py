@@ -136,3 +136,34 @@ def test_a_reused_run_id_is_refused_on_every_scheme(scheme, s3_endpoint, monkeyp
     assert first.record().request == request
     with pytest.raises(InputError, match=r"run directory .*/runs/same exists already; use a new"):
         store.create_run(request, run_id="same")
+
+
+@pytest.mark.slow
+def test_the_segments_view_reads_runs_and_score_sets_on_s3(s3_endpoint, sample_csv,
+                                                          monkeypatch):  # fmt: skip
+    """What the Airflow plugin serves, from an s3:// artifacts root: the run list, reports,
+    a DAG run's run, score sets; names that are no folder of the root are NotFound."""
+    from custseg import views
+
+    use_endpoint(monkeypatch, s3_endpoint)
+    bucket = f"custseg-{uuid.uuid4().hex[:8]}"
+    fsspec.filesystem("s3").mkdir(bucket)
+    root = f"s3://{bucket}/art"
+    run_pipeline(CONFIG, input_path=str(sample_csv), out=root, run_id="manual__2026-12-01T10_00")
+    store = ArtifactStore(root)
+    storage.write_bytes(f"{root}/scores/s1/drift.json",
+                        json_bytes({"overall": "none", "n_rows": 3, "novelty_share": 0.0,
+                                    "reference_run_id": "manual__2026-12-01T10_00"}))  # fmt: skip
+    storage.write_bytes(f"{root}/scores/s1/drift.html", b"<h1>Drift: none</h1>")
+    rows = views.run_rows(store)
+    assert [r.run_id for r in rows] == ["manual__2026-12-01T10_00"] and rows[0].current
+    report = views.run_report(store, "manual__2026-12-01T10_00")
+    assert report == storage.read_bytes(f"{root}/runs/manual__2026-12-01T10_00/report.html")
+    assert views.latest_report(store) == report
+    run = views.run_of_dag_run(store, "customer_segmentation", "manual__2026-12-01T10:00")
+    assert run.run_id == "manual__2026-12-01T10_00"
+    assert [s["overall"] for s in views.score_rows(store)] == ["none"]
+    assert views.drift_page(store, "s1") == b"<h1>Drift: none</h1>"
+    for bad in ("../art/runs/x", "..", ".hidden", "nope", "a/b"):
+        with pytest.raises(views.NotFound):
+            views.run_report(store, bad)
