@@ -172,6 +172,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="random seed")
     gen.add_argument("--out", required=True, help="output file")
     gen.add_argument("--no-truth", action="store_true", help="omit the 'segment' column")
+
+    feat = sub.add_parser(
+        "features",
+        help="turn an order log into one row per customer (recency, frequency, monetary)",
+        description="Reads an order log (CSV or Parquet, streamed by DuckDB) and writes one "
+        "row per customer: recency_days, frequency (distinct order days), orders, "
+        "monetary_total (refunds subtracted), monetary_mean, tenure_days. Segment them with "
+        "`custseg run --input OUT --features recency_days frequency monetary_mean`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
+    )
+    feat.add_argument("--transactions", required=True, metavar="PATH", help="the order log")
+    feat.add_argument("--customer", required=True, metavar="COL", help="customer id column")
+    feat.add_argument("--date", required=True, metavar="COL", help="order date column")
+    feat.add_argument("--amount", required=True, metavar="COL", help="order value column")
+    feat.add_argument("--as-of", metavar="YYYY-MM-DD",
+                      help="day recency and tenure count to (default: the day after the last "
+                      "order)")  # fmt: skip
+    feat.add_argument("--out", required=True, help="customers file to write (.parquet or .csv)")
+    feat.add_argument("--print-sql", action="store_true",
+                      help="print the SQL (for a warehouse) instead of running it")
     return parser
 
 
@@ -496,6 +517,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    """Order log to customer features."""
+    from custseg.rfm import customer_features, rfm_query
+
+    if args.print_sql:
+        say("-- `orders` is your order log (a table or view); see custseg.rfm for the rules")
+        say(rfm_query(args.customer, args.date, args.amount, args.as_of).strip())
+        return EXIT_OK
+    start = time.perf_counter()
+    summary = customer_features(args.transactions, customer=args.customer, date=args.date,
+                                amount=args.amount, out=args.out, as_of=args.as_of)  # fmt: skip
+    say(
+        f"read {summary.n_rows} orders ({summary.first_date}..{summary.last_date}) of "
+        f"{summary.n_customers} customers; as of {summary.as_of}"
+    )
+    if summary.n_zero:
+        say(f"  {summary.n_zero} zero-value order(s): counted as orders, value 0")
+    for warning in summary.warnings():
+        say(f"warning: {warning}")
+    say(f"wrote {args.out} in {time.perf_counter() - start:.1f}s")
+    return EXIT_OK
+
+
 _DISK_ERRORS = {
     errno.ENOSPC: "free space there or pass another --out",
     errno.EDQUOT: "free space within your quota or pass another --out",
@@ -514,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(args.verbose, log_file)
         handler = {"run": cmd_run, "predict": cmd_predict, "show": cmd_show, "runs": cmd_runs,
                    "gc": cmd_gc, "serve": cmd_serve, "score": cmd_score,
-                   "generate": cmd_generate}  # fmt: skip
+                   "generate": cmd_generate, "features": cmd_features}  # fmt: skip
         return handler[args.command](args)
     except InputError as exc:
         if any(getattr(h, "stream", None) for h in _HANDLERS if isinstance(h, _LazyFileHandler)):
