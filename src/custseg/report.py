@@ -414,7 +414,8 @@ body {{ font-family: system-ui, sans-serif; margin: 1rem auto; max-width: 1100px
 .scroll {{ overflow-x: auto; }}
 table {{ border-collapse: collapse; margin: 1rem 0; }}
 th, td {{ padding: .3rem .7rem; border-bottom: 1px solid #ddd; text-align: left; }}
-table.segments td {{ text-align: right; }} table.segments td:nth-child(4) {{ text-align: left; }}
+table.segments td {{ text-align: right; }}
+table.segments td:nth-child(4), table.segments td:nth-child(5) {{ text-align: left; }}
 figure {{ display: inline-block; margin: .5rem 0; max-width: 100%; }}
 img {{ max-width: 100%; height: auto; }} p.note {{ color: #555; font-size: .9rem; }}
 </style></head><body>
