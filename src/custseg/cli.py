@@ -191,8 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="day recency and tenure count to (default: the day after the last "
                       "order)")  # fmt: skip
     feat.add_argument("--out", required=True, help="customers file to write (.parquet or .csv)")
-    feat.add_argument("--print-sql", action="store_true",
-                      help="print the SQL (for a warehouse) instead of running it")
+    feat.add_argument(
+        "--print-sql",
+        action="store_true",
+        help="print the SQL (for a warehouse) instead of running it",
+    )
     return parser
 
 
