@@ -385,6 +385,9 @@ class AirflowApi:
         for attempt in range(4):
             try:
                 res = self.http.request(method, path, headers=headers, **kwargs)
+                if res.status_code == 500 and "Database error" in res.text:
+                    # SQLite (standalone) was locked by a busy scheduler: retried
+                    raise HttpError(f"{method} {path} -> 500 (database busy)", 503)
                 if res.status_code >= 400:
                     raise HttpError(f"{method} {path} -> {res.status_code}: {res.text[:500]}",
                                     res.status_code)  # fmt: skip
@@ -410,11 +413,20 @@ class AirflowApi:
     def trigger(self, dag_id: str, *, run_id: str, conf: Mapping[str, Any]) -> Any:
         """Trigger a manual run (`logical_date` must be given, null for 'none')."""
         body = {"dag_run_id": run_id, "logical_date": None, "conf": dict(conf)}
-        return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)
+        try:
+            return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)
+        except HttpError as exc:
+            if exc.status != 409:  # 409: a retried POST whose first attempt went through
+                raise
+            return self.run(dag_id, run_id)
 
     def run(self, dag_id: str, run_id: str) -> Any:
         quoted = urllib.parse.quote(run_id, safe="")
         return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}")
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        """The DAG's runs (any trigger: manual, scheduled, asset-triggered)."""
+        return list(self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"])
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         """The run's state (queued, running, success, failed)."""

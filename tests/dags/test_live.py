@@ -26,8 +26,8 @@ from tests.airflow_harness import (
 from tests.conftest import missing
 
 # the outer deadline covers the inner waits: bind 300 + health 300 + DAG 180 + run 420
-# + load test 600 + browser 150, plus start and stop
-pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.timeout(1950 + 300)]
+# + inbox 540 + load test 600 + browser 150, plus start and stop
+pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.timeout(2490 + 300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "customer_segmentation"
@@ -73,6 +73,34 @@ def segments_tab(browser, stack) -> str:
                     timeout=90, interval=1.0, stack=stack)  # fmt: skip
     browser.screenshot(SEGMENTS_SHOT)
     return str(text)
+
+
+def inbox_to_scores(api, stack, artifacts: Path) -> None:
+    """A file dropped into the inbox is claimed by watch_inbox, announced on the
+    custseg_new_customers asset, and scored by the asset-triggered score_customers run."""
+    inbox = artifacts / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "data" / "sample" / "test.csv", inbox / ".new.csv.part")
+    (inbox / ".new.csv.part").rename(inbox / "new.csv")  # written whole, then renamed
+    wait_for("the lifecycle DAGs to be parsed",
+             lambda: api.dag("watch_inbox") and api.dag("score_customers"),
+             timeout=180, stack=stack)  # fmt: skip
+    api.unpause("score_customers")
+    api.unpause("watch_inbox")  # its scheduled run, or this one, claims the file
+    api.trigger("watch_inbox", run_id="watch-1", conf={})
+
+    def scored():
+        done = [r for r in api.runs("score_customers") if r["state"] in ("success", "failed")]
+        return done[0] if done else None
+
+    run = wait_for("an asset-triggered score_customers run", scored, timeout=360, interval=3,
+                   stack=stack)  # fmt: skip
+    assert run["state"] == "success", run
+    assert run["run_type"] == "asset_triggered", run
+    folder = artifacts / "scores" / re.sub(r"[^A-Za-z0-9_.-]", "_", run["dag_run_id"]).strip("._")
+    drift = json.loads((folder / "drift.json").read_text())
+    assert drift["n_rows"] == 25 and drift["reference_run_id"].startswith("live-1")
+    assert not (inbox / "new.csv").exists() and len(list((inbox / "claimed").iterdir())) == 1
 
 
 def load_test(api, stack, artifacts: Path) -> None:
@@ -133,6 +161,8 @@ def test_standalone_runs_the_dag_from_rest_and_the_ui_shows_it(live_dir):
             "CUSTSEG_HOME": str(ROOT),
             "CUSTSEG_ARTIFACTS_ROOT": str(artifacts),
             "CUSTSEG_ALLOWED_ROOTS": os.pathsep.join([str(ROOT), str(tmp_path)]),
+            # each DAG is unpaused when the test needs it: fewer writers on SQLite at once
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         })  # fmt: skip
 
     with Stack() as stack:
@@ -163,6 +193,7 @@ def test_standalone_runs_the_dag_from_rest_and_the_ui_shows_it(live_dir):
             )
             metrics = json.loads((Path(latest["run_dir"]) / "metrics.json").read_text())
             assert metrics["k_range"] == [1, 6] and metrics["predictions"]["n_rows"] == 25
+            inbox_to_scores(api, stack, artifacts)
             load_test(api, stack, artifacts)
 
             with chromium(stack, logs) as browser:
