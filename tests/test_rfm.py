@@ -37,7 +37,8 @@ def test_the_cdnow_facts_hold(cdnow_features):
     assert round(frame["monetary_total"].sum(), 2) == 2_500_315.63
     assert frame["orders"].sum() == 69_659
     assert list(frame.columns) == ["customer_id", "recency_days", "frequency", "orders",
-                                   "monetary_total", "monetary_mean", "tenure_days"]  # fmt: skip
+                                   "monetary_total", "monetary_mean", "tenure_days", "r_score",
+                                   "f_score", "m_score", "rfm_segment"]  # fmt: skip
 
 
 def test_each_customer_row_follows_the_rules(cdnow, cdnow_features):
@@ -107,9 +108,41 @@ def test_the_printed_sql_gives_the_same_customers_on_a_table(cdnow, cdnow_featur
                  "--date", "date", "--amount", "dollar_value", "--out", "x.parquet",
                  "--print-sql"]) == 0  # fmt: skip
     sql = capsys.readouterr().out
-    assert sql.strip().endswith("ORDER BY customer") and "TRY_CAST" in sql
+    assert sql.strip().endswith('ORDER BY "customer_id"') and "TRY_CAST" in sql
+    assert "\\x0a" not in sql and len(sql.splitlines()) > 30
     con = duckdb.connect()
     con.execute(f"CREATE TABLE orders AS SELECT * FROM read_csv('{cdnow}', all_varchar=true)")
+    body = "\n".join(sql.splitlines()[1:])  # the printed text itself, minus its comment
+    printed = con.execute(body).df()
     got = con.execute(rfm_query("customer_id", "date", "dollar_value", None)).df()
     _, frame = cdnow_features
     pd.testing.assert_frame_equal(got.reset_index(drop=True), frame, check_dtype=False)
+    pd.testing.assert_frame_equal(printed, got)
+
+
+def _score(values: pd.Series, *, descending: bool = False) -> pd.Series:
+    ranks = (-values if descending else values).rank(method="min")
+    pct = (ranks - 1) / (len(values) - 1)  # PERCENT_RANK: ties share the lowest
+    return (1 + (5 * pct).apply(int)).clip(upper=5)
+
+
+def _segment(r: int, f: int) -> str:
+    """The README's rule table, first match wins."""
+    rules = [(r >= 4 and f >= 4, "Champions"), (r >= 3 and f >= 3, "Loyal"),
+             (r >= 4 and f == 2, "Potential loyalists"), (r == 5 and f == 1, "New customers"),
+             (r == 4 and f == 1, "Promising"), (r == 3 and f == 2, "Need attention"),
+             (r == 3 and f == 1, "About to sleep"), (f == 5, "Cannot lose them"),
+             (f >= 3, "At risk"), (r == 2, "Hibernating")]  # fmt: skip
+    return next((name for hit, name in rules if hit), "Lost")
+
+
+def test_classic_rfm_scores_and_segments_follow_the_rule_table(cdnow_features):
+    _, frame = cdnow_features
+    assert (frame["r_score"] == _score(frame["recency_days"], descending=True)).all()
+    assert (frame["f_score"] == _score(frame["frequency"])).all()
+    assert (frame["m_score"] == _score(frame["monetary_total"])).all()
+    expected = [_segment(r, f) for r, f in zip(frame["r_score"], frame["f_score"], strict=True)]
+    assert frame["rfm_segment"].tolist() == expected
+    # ties share a score: the 12,054 one-visit customers all have f_score 1
+    assert (frame["frequency"] == 1).sum() == (frame["f_score"] == 1).sum() == 12_054
+    assert frame.loc[frame["customer_id"] == "00001", "rfm_segment"].item() == "Lost"

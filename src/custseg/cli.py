@@ -526,7 +526,10 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     if args.print_sql:
         say("-- `orders` is your order log (a table or view); see custseg.rfm for the rules")
-        say(rfm_query(args.customer, args.date, args.amount, args.as_of).strip())
+        for line in (
+            rfm_query(args.customer, args.date, args.amount, args.as_of).strip().split("\n")
+        ):
+            say(line)  # one by one: say() escapes newlines inside a message
         return EXIT_OK
     start = time.perf_counter()
     summary = customer_features(args.transactions, customer=args.customer, date=args.date,

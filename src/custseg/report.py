@@ -232,6 +232,7 @@ def column_profiles(
             out.append({"column": str(name), "statistic": f"not profiled ({len(distinct)} "
                         "distinct values)", "clustered": False})  # fmt: skip
             continue
+        out.append(_agreement(str(name), text, labels))
         for value in sorted(map(str, distinct)):
             hit = (text == value).to_numpy()
             row = {"column": str(name), "statistic": f"share {value}", "clustered": False,
@@ -241,6 +242,17 @@ def column_profiles(
                 row[str(seg)] = _r(hit[inside].mean(), 4) if inside.any() else None
             out.append(row)
     return out
+
+
+def _agreement(name: str, text: pd.Series, labels: np.ndarray) -> dict[str, Any]:
+    """How far a category column and the segments tell the same story: the adjusted Rand
+    index (1 = the same grouping, about 0 = unrelated), over the rows where it is given."""
+    from sklearn.metrics import adjusted_rand_score
+
+    given = text.notna().to_numpy()
+    ari = adjusted_rand_score(text[given].astype(str), labels[given]) if given.any() else np.nan
+    return {"column": name, "statistic": "agreement with the segments (ARI)",
+            "clustered": False, "all": _r(ari, 3)}  # fmt: skip
 
 
 def _r(value: float, digits: int = 2) -> float | None:

@@ -82,7 +82,7 @@ WITH parsed AS (
     SELECT * FROM parsed WHERE order_date IS NOT NULL AND amount IS NOT NULL
 ), as_of AS (
     SELECT CAST({as_of_sql} AS DATE) AS day
-)
+), customers AS (
 SELECT customer AS {_quoted(customer)},
        DATE_DIFF('day', MAX(order_date) FILTER (WHERE amount >= 0), (SELECT day FROM as_of))
            AS recency_days,
@@ -95,7 +95,32 @@ SELECT customer AS {_quoted(customer)},
 FROM valid
 GROUP BY customer
 HAVING COUNT(*) FILTER (WHERE amount >= 0) > 0
-ORDER BY customer
+), scored AS (
+SELECT *,
+       LEAST(5, 1 + CAST(FLOOR(5 * PERCENT_RANK() OVER (ORDER BY recency_days DESC)) AS INTEGER))
+           AS r_score,
+       LEAST(5, 1 + CAST(FLOOR(5 * PERCENT_RANK() OVER (ORDER BY frequency)) AS INTEGER))
+           AS f_score,
+       LEAST(5, 1 + CAST(FLOOR(5 * PERCENT_RANK() OVER (ORDER BY monetary_total)) AS INTEGER))
+           AS m_score
+FROM customers
+)
+SELECT *,
+       CASE
+           WHEN r_score >= 4 AND f_score >= 4 THEN 'Champions'
+           WHEN r_score >= 3 AND f_score >= 3 THEN 'Loyal'
+           WHEN r_score >= 4 AND f_score = 2 THEN 'Potential loyalists'
+           WHEN r_score = 5 AND f_score = 1 THEN 'New customers'
+           WHEN r_score = 4 AND f_score = 1 THEN 'Promising'
+           WHEN r_score = 3 AND f_score = 2 THEN 'Need attention'
+           WHEN r_score = 3 AND f_score = 1 THEN 'About to sleep'
+           WHEN f_score = 5 THEN 'Cannot lose them'
+           WHEN f_score >= 3 THEN 'At risk'
+           WHEN r_score = 2 THEN 'Hibernating'
+           ELSE 'Lost'
+       END AS rfm_segment
+FROM scored
+ORDER BY {_quoted(customer)}
 """
 
 
