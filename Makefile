@@ -22,7 +22,7 @@ help:
 	@echo "make airflow  - Airflow UI at http://127.0.0.1:$(AIRFLOW_PORT) (login admin/admin, dev only)"
 	@echo "make serve    - HTTP scoring service on http://127.0.0.1:8000 for the promoted model in OUT"
 	@echo "make test     - set up and run the test suite"
-	@echo "make test-fast - the quick loop: no slow, Airflow, live or distributed tests (~1 min)"
+	@echo "make test-fast - the quick loop: no slow, Airflow, live or distributed tests (~2 min)"
 	@echo "make lint     - ruff"
 
 $(CURDIR)/.tools/bin/uv:
