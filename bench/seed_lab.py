@@ -1,8 +1,8 @@
 """The seed lab's algorithm, as its own script: the baseline of `bench/mall.py`.
 
 pandas read, MinMax scaling of income and spending, K-Means (random init, n_init=10) for
-k = 1..50 recording SSE, KneeLocator on the curve, the final fit at the knee, saved with
-joblib (a pickle, as the lab did: this is only the baseline; custseg itself never pickles).
+k = 1..50 recording SSE, KneeLocator on the curve, the final fit at the knee, saved (with
+skops: the lab pickled, which this project never does; the cost is alike).
 Usage: `python bench/seed_lab.py CSV OUT_DIR`.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import joblib
 import pandas as pd
+import skops.io as sio
 from kneed import KneeLocator
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import MinMaxScaler
@@ -30,7 +30,7 @@ def main(csv: str, out: str) -> None:
     knee = KneeLocator(range(1, 51), sse, curve="convex", direction="decreasing").elbow or 5
     model = KMeans(n_clusters=knee, init="random", n_init=10, random_state=42).fit(X)
     Path(out).mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, Path(out) / "model.sav")
+    sio.dump(model, Path(out) / "model.skops")
     print(f"k={knee}")
 
 

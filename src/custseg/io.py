@@ -650,10 +650,21 @@ def _load(
     )
 
 
+def file_header(uri: str) -> list[str]:
+    """The column names of a customer file, in file order."""
+    import pyarrow.parquet as pq
+
+    kind = sniff_format(uri)
+    if kind == "parquet":
+        with _parquet_source(uri) as src:
+            return list(pq.ParquetFile(src).schema_arrow.names)
+    return _split_header(uri, _decode_head(uri, read_head(uri, kind)))[0]
+
+
 def other_columns(uri: str, known: set[str]) -> Any:
-    """The columns of a customer file that are not in `known` (its features), as text, one
-    row per data row: an Arrow table (None when there are none), so that callers can pick
-    rows before paying for pandas objects."""
+    """The columns of a customer file that are not in `known`, as text, one row per data
+    row: an Arrow table (None when there are none), so that callers can pick rows before
+    paying for pandas objects."""
     import pyarrow.parquet as pq
 
     kind = sniff_format(uri)
@@ -673,35 +684,20 @@ def other_columns(uri: str, known: set[str]) -> Any:
 
 def input_columns(table: CustomerTable) -> tuple[list[str], pd.DataFrame]:
     """Every column of the table's file in file order, and those that are neither its id
-    nor a feature, read as text row for row (so that outputs can keep the input's columns)."""
+    nor a feature, read as text row for row (so that outputs can keep the input's columns);
+    if they cannot be read row for row, only the id and features are kept."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    uri, kind = table.source, sniff_format(table.source)
     known = {table.id_column, *table.features}
-    if kind == "parquet":
-        with _parquet_source(uri) as src:
-            pf = pq.ParquetFile(src)
-            header = list(pf.schema_arrow.names)
-            others = [c for c in header if c not in known]
-            frame = pf.read(columns=others).to_pandas() if others else None
-    else:
-        header, delimiter, header_line = _split_header(uri, _decode_head(uri, read_head(uri, kind)))
-        others = [c for c in header if c not in known]
-        frame = None
-        if others:
-            local = kind == "csv" and not storage.is_remote(uri)
-            data = str(storage.local_path(uri)) if local else read_text_bytes(uri, kind)
-            try:
-                frame = _read_csv_arrow(data, delimiter, header, others, set(others),
-                                        header_line).to_pandas()  # fmt: skip
-            except pa.ArrowInvalid as exc:
-                log.warning("%s: its other columns are not kept (%s)", uri, exc)
-                return [c for c in header if c in known], pd.DataFrame(index=table.frame.index)
-    if frame is None or len(frame) != len(table.frame):
-        frame = pd.DataFrame(index=table.frame.index)
-        header = [c for c in header if c in known]
-    return header, frame
+    header = file_header(table.source)
+    try:
+        others = other_columns(table.source, known)
+    except pa.ArrowInvalid as exc:
+        log.warning("%s: its other columns are not kept (%s)", table.source, exc)
+        others = None
+    if others is None or others.num_rows != len(table.frame):
+        return [c for c in header if c in known], pd.DataFrame(index=table.frame.index)
+    return header, others.to_pandas().set_axis(table.frame.index)
 
 
 def _huge_rows(values: np.ndarray) -> np.ndarray:
