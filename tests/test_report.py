@@ -248,3 +248,31 @@ def test_a_bad_names_file_is_refused_before_anything_runs(tmp_path, mall_csv, ca
     err = capsys.readouterr().err
     assert rc == 2 and message in err and str(names) in err
     assert not (tmp_path / "out" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_the_report_reads_at_phone_width_in_chromium(mall_run, tmp_path):
+    """At 400 px the page itself never scrolls sideways (wide tables scroll in their own
+    box), and the images fit the screen."""
+    from pathlib import Path
+
+    from tests.airflow_harness import CHROMIUM, Stack, chromium, wait_for
+    from tests.conftest import missing
+
+    if not Path(CHROMIUM).exists():
+        missing(f"{CHROMIUM} not installed (.ci/run installs it: apt-get install chromium)")
+    run_dir, _, _ = mall_run
+    with Stack() as stack, chromium(stack, tmp_path) as browser:
+        browser.send("Emulation.setDeviceMetricsOverride", width=400, height=800,
+                     deviceScaleFactor=1, mobile=True)  # fmt: skip
+        browser.navigate((run_dir / "report.html").as_uri())
+        wait_for("the report to render", lambda: "Every column by segment" in browser.text(),
+                 timeout=60, interval=0.5, stack=stack)  # fmt: skip
+        page = browser.evaluate(
+            "({page: document.documentElement.scrollWidth, screen: window.innerWidth,"
+            " img: Math.max(...[...document.images].map(i => i.getBoundingClientRect().width)),"
+            " boxes: document.querySelectorAll('div.scroll').length})"
+        )
+        browser.screenshot(tmp_path / "phone.png")
+    assert page["screen"] == 400 and page["page"] <= page["screen"], page
+    assert page["img"] <= page["screen"] and page["boxes"] >= 3, page
