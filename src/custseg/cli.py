@@ -324,7 +324,7 @@ def _print_summary(run: Any, *, latest: str | None, seconds: float | None = None
           f"{metrics['selection']['reason']}")  # fmt: skip
     from custseg.report import k_decision_text
 
-    say(f"  in words: {k_decision_text({**metrics['selection'], 'chosen_k': metrics['chosen_k']})}")
+    say(f"  in words: {k_decision_text(metrics['selection'])}")
     if "confidence" in metrics["selection"]:
         sel = metrics["selection"]
         picks = ", ".join(f"{c} {k}" for c, k in sel["picks"].items() if k is not None)
@@ -394,17 +394,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     from custseg.rundir import ArtifactStore, new_run_id, resolve_run
     from custseg.scoring import score_customers_with_drift, write_score_set
 
-    if not 0 < args.psi_moderate < args.psi_significant:
-        raise InputError(f"--psi-moderate={args.psi_moderate} must be > 0 and below "
-                         f"--psi-significant={args.psi_significant}")  # fmt: skip
+    thresholds = Thresholds.from_psi(args.psi_moderate, args.psi_significant,
+                                     spelled=("--psi-moderate", "--psi-significant"))  # fmt: skip
     run = resolve_run(args.model)
     out = args.out
     if out is None:
         store = ArtifactStore(args.model) if not args.model.endswith(".skops") else None
         base = store.root if store is not None and storage.exists(store.latest_uri) else "."
         out = storage.join(base, "scores", new_run_id())
-    thresholds = Thresholds(psi_moderate=args.psi_moderate,
-                            psi_significant=args.psi_significant)  # fmt: skip
     result = score_customers_with_drift(run, args.input, thresholds=thresholds)
     folder = write_score_set(result, out)
     d = result.drift

@@ -39,6 +39,19 @@ class Thresholds:
     distance_moderate: float = 1.25
     distance_significant: float = 1.5
 
+    @classmethod
+    def from_psi(
+        cls, moderate: float, significant: float, *, spelled: tuple[str, str]
+    ) -> Thresholds:
+        """The defaults with these PSI levels, checked; `spelled` names the two as the
+        caller offers them (CLI flags or DAG params) in the error."""
+        from custseg.errors import InputError
+
+        if not 0 < moderate < significant:
+            raise InputError(f"{spelled[0]}={moderate} must be > 0 and below "
+                             f"{spelled[1]}={significant}")  # fmt: skip
+        return cls(psi_moderate=moderate, psi_significant=significant)
+
 
 def training_reference(
     X: np.ndarray, features: tuple[str, ...], labels: np.ndarray, distances: np.ndarray, k: int

@@ -700,6 +700,17 @@ def input_columns(table: CustomerTable) -> tuple[list[str], pd.DataFrame]:
     return header, others.to_pandas().set_axis(table.frame.index)
 
 
+def input_frame(table: Any) -> pd.DataFrame:
+    """The input's columns in file order (features as read, other columns as text)."""
+    header, others = input_columns(table)
+    columns = {}
+    for name in header:
+        columns[name] = table.frame[name] if name in table.frame else others[name]
+    if not table.id_column:
+        columns = {"row": np.arange(1, len(table.frame) + 1), **columns}
+    return pd.DataFrame(columns, index=table.frame.index)
+
+
 def _huge_rows(values: np.ndarray) -> np.ndarray:
     """Rows whose value is infinite or at least `HUGE` in size (NaN is neither)."""
     with np.errstate(invalid="ignore"):

@@ -104,16 +104,13 @@ def score_task(
         root = confine_path(params["artifacts_root"], roots=allowed_roots(home), home=home,
                             what="artifacts_root")  # fmt: skip
         input_path = _input_of(params, events, home=home)
-        if not 0 < params["psi_moderate"] < params["psi_significant"]:
-            raise InputError(f"psi_moderate={params['psi_moderate']} must be > 0 and below "
-                             f"psi_significant={params['psi_significant']}")  # fmt: skip
+        thresholds = Thresholds.from_psi(params["psi_moderate"], params["psi_significant"],
+                                         spelled=("psi_moderate", "psi_significant"))  # fmt: skip
         store = ArtifactStore(root)
         run = store.latest()
         if run is None:
             raise InputError(f"{store.latest_uri}: no promoted model to score with; run "
                              "customer_segmentation first")  # fmt: skip
-        thresholds = Thresholds(psi_moderate=params["psi_moderate"],
-                                psi_significant=params["psi_significant"])  # fmt: skip
         score = score_customers_with_drift(run, input_path, thresholds=thresholds)
         drift = score.drift
         retrain = drift["overall"] == "significant" and bool(params["retrain_on_drift"])

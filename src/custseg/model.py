@@ -284,6 +284,31 @@ OUT_OF_RANGE_MARGIN = 0.10
 """A test value is flagged when it lies beyond the training range by over 10% of its width."""
 
 
+def assigned_frame(
+    model: Any, table: Any, names: dict[int, str] | None, *, unnamed: str = ""
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """The input's columns, then `segment`, `segment_name`, `distance` and `margin` (the
+    model's scaled units) of each customer of a loaded table; rows missing a feature get no
+    segment and the name `unnamed`. Also the mask of assigned rows, their segments and
+    distances."""
+    from custseg.io import input_frame
+
+    X = table.frame[list(table.features)].to_numpy(dtype=np.float64)
+    ok = ~np.isnan(X).any(axis=1)
+    nearest, dist, gap = assign(model, X[ok])
+    labels = np.array([(names or {}).get(s, "") for s in range(model_info(model).k)],
+                      dtype=object)  # fmt: skip
+    out = input_frame(table)
+    out["segment"] = pd.array(np.full(len(X), pd.NA), dtype="Int64")
+    out.loc[ok, "segment"] = nearest
+    out["segment_name"] = unnamed
+    out.loc[ok, "segment_name"] = labels[nearest]
+    for column, values in (("distance", dist), ("margin", gap)):
+        out[column] = np.nan
+        out.loc[ok, column] = np.round(np.where(np.isinf(values), np.nan, values), 6)
+    return out, ok, nearest, dist
+
+
 def predict_segments(
     model: Any,
     table: Any,
@@ -293,34 +318,19 @@ def predict_segments(
     names: dict[int, str] | None = None,
 ) -> pd.DataFrame:
     """Segment of each customer of a loaded table, through the saved (scaling) pipeline:
-    the input's columns, then `segment`, `segment_name`, `distance` and `margin` (the model's
-    scaled units) and `out_of_range`.
+    `assigned_frame`'s columns and `out_of_range`.
 
     Rows missing a feature get no segment and say so in `segment_name`; values far outside
     the training range are flagged in `out_of_range` (the features named), since the model
     extrapolates.
     """
-    from custseg.scoring import input_frame
-
+    out, *_ = assigned_frame(model, table, names, unnamed="no segment: missing feature")
     X = table.frame[list(table.features)].to_numpy(dtype=np.float64)
-    ok = ~np.isnan(X).any(axis=1)
-    nearest, dist, gap = assign(model, X[ok])
     lo, hi = np.asarray(train_min), np.asarray(train_max)
     width = (hi - lo) * OUT_OF_RANGE_MARGIN
     outside = (X < lo - width) | (X > hi + width)
-    flags = [";".join(f for f, bad in zip(table.features, row, strict=True) if bad)
-             for row in outside]  # fmt: skip
-    k = model_info(model).k
-    labels = np.array([(names or {}).get(s, "") for s in range(k)], dtype=object)
-    out = input_frame(table)
-    out["segment"] = pd.array(np.full(len(X), pd.NA), dtype="Int64")
-    out.loc[ok, "segment"] = nearest
-    out["segment_name"] = "no segment: missing feature"
-    out.loc[ok, "segment_name"] = labels[nearest]
-    for column, values in (("distance", dist), ("margin", gap)):
-        out[column] = np.nan
-        out.loc[ok, column] = np.round(np.where(np.isinf(values), np.nan, values), 6)
-    out["out_of_range"] = flags
+    out["out_of_range"] = [";".join(f for f, bad in zip(table.features, row, strict=True) if bad)
+                           for row in outside]  # fmt: skip
     return out
 
 

@@ -401,8 +401,7 @@ def finish_task(run_dir: str) -> dict[str, Any]:
     run = run_at(run_dir)
     metrics = run.metrics()
     log.info("run %s: k=%d (%s)", summary["run_id"], summary["chosen_k"], summary["reason"])
-    log.info("in words: %s", k_decision_text({**metrics["selection"],
-                                               "chosen_k": metrics["chosen_k"]}))  # fmt: skip
+    log.info("in words: %s", k_decision_text(metrics["selection"]))
     log.info("segment table (%d customers):", metrics["n_rows_used"])
     for seg in metrics["segments"]:
         name = f"{seg['name']}: " if seg.get("name") else ""

@@ -555,10 +555,10 @@ def _promotion(
     ctx: Context, metrics: dict[str, Any], alignment: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The promotion gate's decision for this run (see `custseg.promotion`)."""
-    from custseg.promotion import gate_checks, promotion_decision, segment_shares
+    from custseg.promotion import gate_checks, promotion_decision
 
     req = ctx.request
-    shares = segment_shares(metrics["segments"])
+    shares = [float(s["share"]) for s in metrics["segments"]]
     checks = gate_checks(metrics["selection"], shares, alignment, min_share=req.min_segment_share,
                          min_stability=req.min_stability)  # fmt: skip
     return promotion_decision(checks, force=req.force_promote)

@@ -7,11 +7,9 @@ run asks for `force_promote`); a run that fails still completes and keeps its ar
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from custseg.sanitize import logger
@@ -115,10 +113,3 @@ def moved_matrix(moves: dict[str, Any]) -> pd.DataFrame:
     frame = pd.DataFrame(moves["table"])
     return frame.pivot_table(index="from", columns="to", values="customers", aggfunc="sum",
                              fill_value=0)  # fmt: skip
-
-
-def segment_shares(segments: list[dict[str, Any]]) -> list[float]:
-    """Each segment's share of the customers, from `metrics.json`'s `segments`."""
-    sizes = np.array([float(s["size"]) for s in segments])
-    total = sizes.sum()
-    return [float(x) for x in sizes / total] if total > 0 and not math.isnan(total) else []

@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -208,14 +209,11 @@ def column_profiles(
     def numbers(name: str, values: np.ndarray, clustered: bool) -> None:
         for stat, fn in (("mean", np.nanmean), ("median", np.nanmedian)):
             row: dict[str, Any] = {"column": name, "statistic": stat, "clustered": clustered}
-            with np.errstate(all="ignore"):
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    row["all"] = _r(fn(values))
-                    for seg in range(k):
-                        row[str(seg)] = _r(fn(values[labels == seg]))
+            with warnings.catch_warnings():  # a segment with no value here: None, no warning
+                warnings.simplefilter("ignore", RuntimeWarning)
+                row["all"] = _r(fn(values))
+                for seg in range(k):
+                    row[str(seg)] = _r(fn(values[labels == seg]))
             out.append(row)
 
     for name, values in features.items():
@@ -414,7 +412,7 @@ def report_html(metrics: dict[str, Any], profile: pd.DataFrame, images: dict[str
         f"<figure>{_img(png, name)}<figcaption>{html.escape(name)}</figcaption></figure>"
         for name, png in images.items()
     )
-    decision = html.escape(k_decision_text({**sel, "chosen_k": metrics["chosen_k"]}))
+    decision = html.escape(k_decision_text(sel))
     reason = f" Started because: {html.escape(metrics['reason'])}." if metrics.get("reason") else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

@@ -44,30 +44,19 @@ def score_customers_with_drift(
     """Segment, name, distance, margin and novelty of every customer of `input_path`, and
     the drift of those customers against the run's training reference."""
     from custseg.io import load_customers
-    from custseg.model import assign, model_info
+    from custseg.model import assigned_frame, model_info
 
     model = run.load_model(verify=True)
     metrics, reference = run.metrics(), run.reference()
     info = model_info(model)
     table = load_customers(input_path, features=info.features,
                            needed_by=f"the model in {run.uri}")  # fmt: skip
-    X = table.frame[list(table.features)].to_numpy(dtype=np.float64)
-    ok = ~np.isnan(X).any(axis=1)
-    nearest, dist, margin = assign(model, X[ok])
-    k = info.k
-    p99 = novelty_limits(metrics)
-    limits = np.array([p99.get(s, np.inf) for s in range(k)])
-    novel = dist > limits[nearest]
     names = {int(s["segment"]): s.get("name") or s["label"] for s in metrics["segments"]}
-    out = input_frame(table)
-    out["segment"] = pd.array(np.full(len(X), pd.NA), dtype="Int64")
-    out.loc[ok, "segment"] = nearest
-    segment_names = np.array([names.get(s, "") for s in range(k)], dtype=object)
-    out["segment_name"] = ""
-    out.loc[ok, "segment_name"] = segment_names[nearest]
-    for name, values in (("distance", dist), ("margin", margin)):
-        out[name] = np.nan
-        out.loc[ok, name] = np.round(np.where(np.isinf(values), np.nan, values), 6)
+    out, ok, nearest, dist = assigned_frame(model, table, names)
+    X = table.frame[list(table.features)].to_numpy(dtype=np.float64)
+    p99 = novelty_limits(metrics)
+    limits = np.array([p99.get(s, np.inf) for s in range(info.k)])
+    novel = dist > limits[nearest]
     out["novel"] = False
     out.loc[ok, "novel"] = novel
     drift = drift_report(reference, X[ok], info.features, nearest, dist, novel,
@@ -77,19 +66,6 @@ def score_customers_with_drift(
     log.info("scored %d customers with run %s: drift %s (novelty share %.1f%%)", int(ok.sum()),
              run.run_id, drift["overall"], 100 * drift["novelty_share"])  # fmt: skip
     return ScoreSet(out, drift)
-
-
-def input_frame(table: Any) -> pd.DataFrame:
-    """The input's columns in file order (features as read, other columns as text)."""
-    from custseg.io import input_columns
-
-    header, others = input_columns(table)
-    columns = {}
-    for name in header:
-        columns[name] = table.frame[name] if name in table.frame else others[name]
-    if not table.id_column:
-        columns = {"row": np.arange(1, len(table.frame) + 1), **columns}
-    return pd.DataFrame(columns, index=table.frame.index)
 
 
 def drift_html(drift: dict[str, Any]) -> str:

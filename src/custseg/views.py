@@ -92,11 +92,11 @@ def latest_report(store: ArtifactStore) -> bytes:
 def run_of_dag_run(store: ArtifactStore, dag_id: str, airflow_run_id: str) -> RunDir:
     """The custseg run a DAG run made: the one whose record names it, else the folder named
     after it (`<run id>` or, after a retried first task, `<run id>-try<n>`)."""
-    base = safe_run_id(airflow_run_id)
-    candidates = [r for r in run_rows(store) if r.airflow_run_id == airflow_run_id]
+    rows = run_rows(store)
+    candidates = [r for r in rows if r.airflow_run_id == airflow_run_id]
     if not candidates:
-        candidates = [r for r in run_rows(store)
-                      if re.fullmatch(re.escape(base) + r"(-try\d+)?", r.run_id)]  # fmt: skip
+        named = re.escape(safe_run_id(airflow_run_id)) + r"(-try\d+)?"
+        candidates = [r for r in rows if re.fullmatch(named, r.run_id)]
     complete = [r for r in candidates if r.complete]
     if not (complete or candidates):
         raise NotFound(f"{dag_id}/{airflow_run_id}")
