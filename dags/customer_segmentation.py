@@ -41,7 +41,10 @@ The pipeline is one list of steps (`custseg.pipeline.STEPS`); this DAG runs one 
 
 1. **load_data_task** - validates the params (every key of the trigger conf must be an
    option; `k_min <= k_max`; paths inside the allowed roots), loads the input table, then
-   creates the run directory `ARTIFACTS/runs/<run_id>/` named after this Airflow run.
+   creates the run directory `ARTIFACTS/runs/<run_id>/` named after this Airflow run. With
+   `transactions_path` (an order log) it first builds one row per customer (recency,
+   frequency, monetary value, classic RFM scores and segments) under `ARTIFACTS/features/`
+   and segments that table, log1p-transformed inside the model (`transform`).
 2. **data_preprocessing_task** - drops and counts unusable rows (missing, non-numeric,
    duplicate, conflicting ids).
 3. **plan_sweep_task** - the ks to sweep (k_max clamped to the distinct customers), split

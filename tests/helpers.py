@@ -17,6 +17,8 @@ def comparable(metrics: dict[str, Any], *, keep_paths: bool = False) -> dict[str
     out = {k: v for k, v in metrics.items() if k not in drop}
     if out.get("predictions"):
         out["predictions"] = {k: v for k, v in out["predictions"].items() if k != "path"}
+    if out.get("transactions") and not keep_paths:  # where the built table is kept
+        out["transactions"] = {k: v for k, v in out["transactions"].items() if k != "out"}
     if out.get("segment_alignment"):
         out["segment_alignment"] = {
             k: v for k, v in out["segment_alignment"].items()

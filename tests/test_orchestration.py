@@ -126,7 +126,8 @@ def test_k_min_above_k_max_is_a_clear_input_error(roots_env):
     [({"kmax": 5}, "unknown option 'kmax': did you mean k_max?"),
      ({"selection": "elbow"}, "unknown option 'selection': did you mean select?"),
      ({"k-min": 2}, "unknown option 'k-min': did you mean k_min?"),
-     ({"zzz": 1}, "unknown option 'zzz': valid keys: input_path, test_path")],
+     ({"zzz": 1}, "unknown option 'zzz': valid keys: input_path, transactions_path, "
+                  "customer_column")],
 )  # fmt: skip
 def test_an_unknown_trigger_key_fails_naming_the_closest_option(roots_env, conf, words):
     """A misspelt conf key used to be ignored silently (`kmax` swept 1..50)."""

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import pytest
 
 from custseg.cli import main
 from custseg.errors import InputError
-from custseg.rfm import customer_features, rfm_query
+from custseg.model import load_model
+from custseg.options import TRANSACTION_FEATURES, parse_request
+from custseg.rfm import customer_features, order_columns, rfm_query
 from tests.conftest import shared_file
 
 COLUMNS = {"customer": "customer_id", "date": "date", "amount": "dollar_value"}
@@ -146,3 +152,107 @@ def test_classic_rfm_scores_and_segments_follow_the_rule_table(cdnow_features):
     # ties share a score: the 12,054 one-visit customers all have f_score 1
     assert (frame["frequency"] == 1).sum() == (frame["f_score"] == 1).sum() == 12_054
     assert frame.loc[frame["customer_id"] == "00001", "rfm_segment"].item() == "Lost"
+
+
+# -- custseg run --transactions: build the features and segment them in one run ---------------
+
+
+@pytest.fixture(scope="module")
+def cdnow_run(cdnow, tmp_path_factory):
+    """One `custseg run --transactions` on CDNOW (columns found by name), k up to 12."""
+    out = tmp_path_factory.mktemp("rfm-run")
+    rc = main(["run", "--transactions", str(cdnow), "--k-max", "12", "--out", str(out),
+               "--no-progress"])  # fmt: skip
+    assert rc == 0
+    latest = json.loads((out / "latest.json").read_text())
+    return out, Path(latest["run_dir"])
+
+
+def test_run_on_an_order_log_segments_its_customers(cdnow_run, cdnow_features):
+    out, run_dir = cdnow_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    orders = metrics["transactions"]
+    assert orders["n_rows"] == 69_659 and orders["n_customers"] == 23_570
+    assert orders["as_of"] == "1998-07-01" and orders["source"].endswith("cdnow_transactions.csv")
+    assert metrics["features"] == list(TRANSACTION_FEATURES)
+    assert metrics["transform"] == "log1p" and metrics["n_rows_used"] == 23_570
+    # the run's input is the customer table it built, kept beside the runs
+    table = pd.read_parquet(orders["out"]).set_index("customer_id")
+    assert Path(orders["out"]).parent == out / "features" and metrics["input"] == orders["out"]
+    pd.testing.assert_frame_equal(table, cdnow_features[1].set_index("customer_id"))
+    # the saved model takes raw features: log1p, then MinMax, inside it
+    model = load_model(str(run_dir / "model.skops"))
+    assert [name for name, _ in model[0].steps] == ["log1p", "scale"]
+    X = table[list(TRANSACTION_FEATURES)]
+    scaled = model[0].transform(X)
+    np.testing.assert_allclose(scaled.min(axis=0), 0, atol=1e-12)
+    logged = np.log1p(X["frequency"].to_numpy(dtype=float))
+    np.testing.assert_allclose(np.asarray(scaled)[:, 1],
+                               (logged - logged.min()) / (logged.max() - logged.min()),
+                               rtol=1e-9)  # fmt: skip
+    assigned = pd.read_parquet(run_dir / "assignments.parquet").set_index("customer_id")
+    expected = model.predict(X.loc[assigned.index])
+    assert (assigned["segment"].to_numpy() == expected).all()
+
+
+def test_the_report_compares_the_segments_with_classic_rfm(cdnow_run):
+    _, run_dir = cdnow_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rfm = [c for c in metrics["column_profiles"] if c["column"] == "rfm_segment"]
+    ari = next(c for c in rfm if c["statistic"] == "agreement with the segments (ARI)")
+    assigned = pd.read_parquet(run_dir / "assignments.parquet").set_index("customer_id")
+    table = pd.read_parquet(metrics["transactions"]["out"]).set_index("customer_id")
+    from sklearn.metrics import adjusted_rand_score
+
+    want = adjusted_rand_score(table.loc[assigned.index, "rfm_segment"], assigned["segment"])
+    assert ari["all"] == pytest.approx(want, abs=5e-4)
+    champions = next(c for c in rfm if c["statistic"] == "share Champions")
+    share = (table["rfm_segment"] == "Champions").mean()
+    assert champions["all"] == pytest.approx(share, abs=5e-5)
+    html = (run_dir / "report.html").read_text()
+    assert "rfm_segment" in html and "Champions" in html and "agreement with the segments" in html
+
+
+def test_a_second_run_on_the_same_log_reuses_its_customer_table(cdnow, cdnow_run, capsys):
+    out, _ = cdnow_run
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "features").iterdir()}
+    assert len(before) == 2  # the table and its summary
+    rc = main(["run", "--transactions", str(cdnow), "--k-max", "3", "--out", str(out),
+               "--no-progress", "--force-promote"])  # fmt: skip
+    assert rc == 0 and "order log: 69659 orders (1997-01-01..1998-06-30)" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "features").iterdir()} == before
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--input", "x.csv"], "both --input='x.csv' and --transactions="),
+    (["--transform", "log1p", "--features", "monetary_total"],
+     "feature 'monetary_total' has negative values (as low as -4); the log1p transform needs "
+     "values >= 0: pass --transform none"),
+    (["--date", "nope"], "no column 'nope' (--date); the file has 'cust', 'day', 'day_shipped'"),
+])  # fmt: skip
+def test_bad_run_on_an_order_log_exits_2_with_one_line(tmp_path, capsys, args, message):
+    log = tmp_path / "orders.csv"
+    log.write_text("cust,day,day_shipped,value\na,2024-01-01,2024-01-02,10\n"
+                   "a,2024-01-03,2024-01-04,-14\nb,2024-01-02,2024-01-05,7\n"
+                   "c,2024-01-02,2024-01-02,3\nd,2024-01-04,2024-01-09,4\n")  # fmt: skip
+    out = tmp_path / "out"
+    extra = [] if "--date" in args else ["--date", "day"]
+    rc = main(["run", "--transactions", str(log), "--customer", "cust", *extra, *args,
+               "--out", str(out), "--k-max", "3"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (out / "runs").exists() and not (out / "latest.json").exists()
+
+
+def test_order_log_columns_are_found_by_name_or_asked_for(tmp_path):
+    log = tmp_path / "orders.csv"
+    log.write_text("CustomerID,order_date,ship_date,Revenue\n1,2024-01-01,2024-01-02,5\n")
+    with pytest.raises(
+        InputError,
+        match=r"which column is the order date\? several columns "
+        r"could be it \(\['order_date', 'ship_date'\]\); pass --date COLUMN",
+    ):
+        order_columns(str(log))
+    assert order_columns(str(log), date="order_date") == ("CustomerID", "order_date", "Revenue")
+    with pytest.raises(InputError, match="applies only with --transactions"):
+        parse_request({"input_path": "x.csv", "as_of": "2024-01-01"}, runner="cli")

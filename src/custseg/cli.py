@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        help="train on a customer table and write a new run directory",
-        description="Load and validate the table, drop unusable rows, scale the features, "
+        help="train on a customer table (or an order log) and write a new run directory",
+        description="Load and validate the table (or build one row per customer from an "
+        "order log with --transactions), drop unusable rows, scale the features, "
         "fit K-Means for every k in k-min..k-max, choose k, fit the final model at that k, "
         "predict the test customers and write OUT/runs/<run_id>/; OUT/latest.json is "
         "replaced only when everything succeeded.",
@@ -178,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="turn an order log into one row per customer (recency, frequency, monetary)",
         description="Reads an order log (CSV or Parquet, streamed by DuckDB) and writes one "
         "row per customer: recency_days, frequency (distinct order days), orders, "
-        "monetary_total (refunds subtracted), monetary_mean, tenure_days. Segment them with "
-        "`custseg run --input OUT --features recency_days frequency monetary_mean`.",
+        "monetary_total (refunds subtracted), monetary_mean, tenure_days, with classic RFM "
+        "scores and segments. `custseg run --transactions PATH` builds them and segments "
+        "them in one run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         parents=[common],
     )
@@ -317,9 +319,19 @@ def _print_summary(run: Any, *, latest: str | None, seconds: float | None = None
     dropped = dict(sorted(metrics["n_rows_dropped"].items(), key=lambda kv: order.get(kv[0], 99)))
     took = f"  ({seconds}s)" if seconds is not None else ""
     say(f"custseg run {metrics['run_id']}{took}")
+    orders = metrics.get("transactions")
+    if orders:
+        say(
+            f"order log: {orders['n_rows']} orders ({orders['first_date']}..{orders['last_date']})"
+            f" of {orders['n_customers']} customers, as of {orders['as_of']} -> {orders['out']}"
+        )
+        for warning in orders["warnings"]:
+            say(f"  warning: {warning}")
     say(f"rows: {metrics['n_rows_read']} read, {metrics['n_rows_used']} used, dropped: "
           + (", ".join(f"{v} {k}" for k, v in dropped.items()) or "none"))  # fmt: skip
-    say(f"features: {', '.join(metrics['features'])} (scaler: {metrics['scaler']})")
+    transform = metrics.get("transform", "none")
+    scaling = metrics["scaler"] if transform == "none" else f"{transform}, then {metrics['scaler']}"
+    say(f"features: {', '.join(metrics['features'])} (scaler: {scaling})")
     say(f"chosen k = {metrics['chosen_k']} by {metrics['selection']['method']}: "
           f"{metrics['selection']['reason']}")  # fmt: skip
     from custseg.report import k_decision_text

@@ -25,6 +25,9 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.preprocessing._data.MinMaxScaler",
     "sklearn.preprocessing._data.StandardScaler",
     "sklearn.preprocessing._data.RobustScaler",
+    "sklearn.preprocessing._function_transformer.FunctionTransformer",
+    "numpy.log1p",
+    "numpy.expm1",
 )
 """The only estimator classes a model file may contain."""
 
@@ -33,6 +36,7 @@ _PLAIN_TYPES = frozenset(
         "builtins.dict", "builtins.list", "builtins.tuple", "builtins.str", "builtins.int",
         "builtins.float", "builtins.bool", "builtins.NoneType", "numpy.ndarray",
         "numpy.float64", "numpy.float32", "numpy.int64", "numpy.int32", "numpy.dtype",
+        "builtins.slice",
     }
 )  # fmt: skip
 
@@ -234,7 +238,8 @@ def load_model(uri: str, *, sha256: str | None = None) -> Any:
     if bad:
         raise UntrustedModelError(
             f"{uri}: refusing to load model: it contains untrusted types {bad}; "
-            "only scikit-learn scalers, KMeans and Pipeline are allowed"
+            "only scikit-learn scalers, the log1p transform, encoders, KMeans and Pipeline "
+            "are allowed"
         )
     model = sio.loads(data, trusted=list(TRUSTED_TYPES))
     _check_shapes(uri, model)

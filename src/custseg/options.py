@@ -51,6 +51,9 @@ def option(default: Any, **spec: Any) -> Any:
 DEFAULT_FEATURES: tuple[str, ...] = ("Annual Income (k$)", "Spending Score (1-100)")
 SCALERS: tuple[str, ...] = ("minmax", "standard", "robust", "none")
 SELECTIONS: tuple[str, ...] = ("auto", "elbow")
+TRANSFORMS: tuple[str, ...] = ("auto", "none", "log1p")
+TRANSACTION_FEATURES: tuple[str, ...] = ("recency_days", "frequency", "monetary_mean")
+"""What a run on an order log clusters on unless --features says otherwise."""
 K_LIMIT = 200
 """The largest k a sweep may try: beyond it the sweep and the report stop being useful."""
 
@@ -61,7 +64,9 @@ class PipelineConfig:
 
     features: tuple[str, ...] = option(
         DEFAULT_FEATURES, kind="names", title="Features", section="Data", metavar="NAME",
-        help="numeric columns to cluster on, matched case- and punctuation-insensitively",
+        default_text="Annual Income (k$), Spending Score (1-100); with --transactions: "
+        "recency_days, frequency, monetary_mean",
+        help="columns to cluster on, matched case- and punctuation-insensitively",
     )  # fmt: skip
     k_min: int = option(
         1, kind="int", minimum=1, maximum=K_LIMIT, title="Smallest k", section="Model",
@@ -75,6 +80,12 @@ class PipelineConfig:
     scaler: str = option(
         "minmax", kind="str", choices=SCALERS, title="Scaler", section="Model",
         help="feature scaling inside the saved model",
+    )  # fmt: skip
+    transform: str = option(
+        "auto", kind="str", choices=TRANSFORMS, title="Transform", section="Model",
+        help="transform of the features inside the saved model, before scaling: log1p "
+        "(log(1 + x), for skewed counts and amounts; needs values >= 0), none, or auto "
+        "(log1p for features built from --transactions, none for a customer table)",
     )  # fmt: skip
     select: str = option(
         "auto", kind="str", choices=SELECTIONS, title="Choice of k", section="Model",
@@ -116,10 +127,39 @@ class RunRequest:
     """What one run reads and where it writes, with its `PipelineConfig`."""
 
     input_path: str = option(
-        "", kind="path", required=True, title="Customer table", section="Data",
+        "", kind="path", nullable=True, title="Customer table", section="Data",
         flags=("--input", "--input-path"), metavar="PATH",
         help="customer table: CSV (plain, .gz, .bz2, .xz, .zst or a one-file .zip) or "
-        "Parquet",
+        "Parquet (give it or --transactions)",
+    )  # fmt: skip
+    transactions_path: str | None = option(
+        None, kind="path", nullable=True, title="Order log", section="Data",
+        flags=("--transactions", "--transactions-path"), metavar="PATH",
+        help="an order log (one row per order, CSV or Parquet) instead of a customer table: "
+        "recency, frequency and monetary value are built per customer (custseg features) "
+        "and segmented in the same run",
+    )  # fmt: skip
+    customer_column: str | None = option(
+        None, kind="str", nullable=True, title="Order log: customer column", section="Data",
+        flags=("--customer",), metavar="COL", default_text="found by name (customer id)",
+        help="with --transactions: the customer id column",
+    )  # fmt: skip
+    date_column: str | None = option(
+        None, kind="str", nullable=True, title="Order log: date column", section="Data",
+        flags=("--date",), metavar="COL", default_text="found by name (date)",
+        help="with --transactions: the order date column",
+    )  # fmt: skip
+    amount_column: str | None = option(
+        None, kind="str", nullable=True, title="Order log: amount column", section="Data",
+        flags=("--amount",), metavar="COL",
+        default_text="found by name (amount, value, revenue, sales, price, total)",
+        help="with --transactions: the order value column",
+    )  # fmt: skip
+    as_of: str | None = option(
+        None, kind="str", nullable=True, title="Order log: as of", section="Data",
+        flags=("--as-of",), metavar="YYYY-MM-DD",
+        default_text="the day after the last order",
+        help="with --transactions: the day recency and tenure are counted to",
     )  # fmt: skip
     test_path: str | None = option(
         None, kind="path", nullable=True, title="New customers to score", section="Data",
@@ -168,6 +208,13 @@ class RunRequest:
 
     def __post_init__(self) -> None:
         check_values(self)
+
+    @property
+    def model_transform(self) -> str:
+        """The transform the model applies: `transform`, with auto resolved by the input."""
+        if self.config.transform != "auto":
+            return self.config.transform
+        return "log1p" if self.transactions_path else "none"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for logs and XCom."""
@@ -250,6 +297,9 @@ def check_values(obj: Any) -> None:
         object.__setattr__(obj, name, value)
     if isinstance(obj, PipelineConfig) and obj.k_min > obj.k_max:
         raise InputError(f"k_min={obj.k_min} > k_max={obj.k_max}: lower k_min or raise k_max")
+    if isinstance(obj, RunRequest) and not (obj.input_path or obj.transactions_path):
+        raise InputError("no input: pass --input (a customer table) or --transactions "
+                         "(an order log)")  # fmt: skip
 
 
 def closest_name(name: str, names: list[str]) -> str | None:
@@ -279,8 +329,17 @@ def parse_request(values: Mapping[str, Any], *, runner: str) -> RunRequest:
     config_names = {f.name for f in dataclasses.fields(PipelineConfig)}
     config = PipelineConfig(**{k: v for k, v in given.items() if k in config_names})
     request = {k: v for k, v in given.items() if k not in config_names}
-    if request.get("test_path") == "":
-        request["test_path"] = None
+    for name in ("test_path", "transactions_path"):
+        if request.get(name) == "":
+            request[name] = None
+    if request.get("input_path") and request.get("transactions_path"):
+        raise InputError(f"both --input={request['input_path']!r} and --transactions="
+                         f"{request['transactions_path']!r}: give one of them")  # fmt: skip
+    if not request.get("transactions_path"):
+        for name in ("customer_column", "date_column", "amount_column", "as_of"):
+            if request.get(name):
+                flag = cli_flags(name, all_options()[name][0])[0]
+                raise InputError(f"{flag} {request[name]!r} applies only with --transactions")
     return RunRequest(config=config, **request)
 
 
@@ -382,6 +441,8 @@ __all__ = [
     "K_LIMIT",
     "SCALERS",
     "SELECTIONS",
+    "TRANSACTION_FEATURES",
+    "TRANSFORMS",
     "PipelineConfig",
     "RunRequest",
     "Spec",

@@ -175,7 +175,11 @@ def request_from_params(
     from custseg.options import DAG, parse_request
 
     values = {**params, **(conf or {})}  # conf keys reach params only if they are params
-    if not values.get("input_path"):
+    if values.get("transactions_path"):
+        if values.get("input_path") == SAMPLE_INPUT:  # the form's default, not a choice
+            log.info("input_path: the customer table built from transactions_path")
+            values["input_path"] = None
+    elif not values.get("input_path"):
         values["input_path"] = SAMPLE_INPUT
     if not values.get("artifacts_root"):
         values["artifacts_root"] = default_artifacts_root(home)
@@ -187,8 +191,9 @@ def request_from_params(
         return confine_path(value, roots=roots, home=home, what=name) if value else None
 
     return dataclasses.replace(
-        request, input_path=confined("input_path"), test_path=confined("test_path"),
+        request, input_path=confined("input_path") or "", test_path=confined("test_path"),
         artifacts_root=confined("artifacts_root"), names_path=confined("names_path"),
+        transactions_path=confined("transactions_path"),
     )  # fmt: skip
 
 
@@ -320,9 +325,10 @@ def start_run(
 ) -> tuple[RunDir, Any]:
     """The first step of the staged runner: load the input, then create the run directory
     and hand the table over in it (bad input creates nothing)."""
-    from custseg.pipeline import STEP, Context
+    from custseg.pipeline import STEP, Context, customers_from_orders
     from custseg.rundir import ArtifactStore
 
+    request = customers_from_orders(request)
     table = STEP["table"].compute(Context(request=request))
     run = ArtifactStore(request.artifacts_root).create_run(request, run_id=run_id, origin=origin)
     SAVE["table"](run, table)

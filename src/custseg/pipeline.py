@@ -161,6 +161,74 @@ class Context:
 # -- the steps -----------------------------------------------------------------------------
 
 
+RFM_RULES_VERSION = 1
+"""Part of the key of a customer table built from an order log: bump when `custseg.rfm`'s
+rules change, so no run reuses a table built by the old rules."""
+
+
+def customers_from_orders(request: RunRequest) -> RunRequest:
+    """With an order log (`--transactions`): the request reading the customer table built
+    from it (`custseg.rfm`), clustering on `TRANSACTION_FEATURES` unless features were named.
+
+    The table is built once per log content, columns and as-of day, and kept beside the runs
+    (`ArtifactStore.customer_table`); a log that cannot be read leaves nothing. Without an
+    order log the request is returned as is.
+    """
+    import dataclasses
+    import hashlib
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from custseg import storage
+    from custseg.io import file_sha256
+    from custseg.options import DEFAULT_FEATURES, TRANSACTION_FEATURES
+    from custseg.rfm import customer_features, order_columns
+
+    uri = request.transactions_path
+    if not uri:
+        return request
+    columns = order_columns(uri, customer=request.customer_column, date=request.date_column,
+                            amount=request.amount_column)  # fmt: skip
+    key = json.dumps([file_sha256(uri), columns, request.as_of, RFM_RULES_VERSION])
+    table_uri, summary_uri = ArtifactStore(request.artifacts_root).customer_table(
+        f"{Path(uri.rstrip('/')).stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    )
+    if storage.exists(table_uri) and storage.exists(summary_uri):
+        log.info("order log %s: reusing its customer table %s", uri, table_uri)
+    else:
+        customer, date, amount = columns
+        with tempfile.TemporaryDirectory(prefix="custseg-rfm-") as tmp:
+            local = Path(tmp, "customers.parquet")
+            summary = customer_features(uri, customer=customer, date=date, amount=amount,
+                                        out=str(local), as_of=request.as_of)  # fmt: skip
+            record = {**dataclasses.asdict(summary), "out": table_uri,
+                      "warnings": summary.warnings()}  # fmt: skip
+            storage.replace_atomic(summary_uri, json.dumps(record, indent=2).encode())
+            storage.replace_atomic(table_uri, local.read_bytes())  # last: its presence = done
+    features = request.config.features
+    if features == DEFAULT_FEATURES:
+        features = TRANSACTION_FEATURES
+    customer, date, amount = columns
+    return dataclasses.replace(
+        request, input_path=table_uri, customer_column=customer, date_column=date,
+        amount_column=amount, config=dataclasses.replace(request.config, features=features),
+    )  # fmt: skip
+
+
+def order_log_summary(request: RunRequest) -> dict[str, Any] | None:
+    """What building the customer table from the order log read, dropped and wrote (as
+    `customers_from_orders` recorded it), or None for a run on a customer table."""
+    import json
+
+    from custseg import storage
+
+    if not request.transactions_path:
+        return None
+    summary_uri = request.input_path[: -len(".parquet")] + ".json"
+    return json.loads(storage.read_bytes(summary_uri))
+
+
 def load(ctx: Context) -> CustomerTable:
     """The input table, loaded and validated (and the test file checked, so that a bad one
     fails the run before the sweep rather than after it)."""
@@ -181,9 +249,11 @@ def load(ctx: Context) -> CustomerTable:
 
 def prepare(ctx: Context, table: CustomerTable) -> PreparedData:
     """The rows fit for clustering, unusable ones dropped and counted."""
-    from custseg.preprocess import prepare_features
+    from custseg.preprocess import check_transform, prepare_features
 
-    return prepare_features(table, distinct_cap=ctx.config.k_max)
+    prepared = prepare_features(table, distinct_cap=ctx.config.k_max)
+    check_transform(prepared, ctx.request.model_transform, source=table.source)
+    return prepared
 
 
 def plan(ctx: Context, prepared: PreparedData) -> SweepPlan:
@@ -204,17 +274,19 @@ def plan(ctx: Context, prepared: PreparedData) -> SweepPlan:
 
 
 def scaled_sample(
-    config: PipelineConfig, prepared: PreparedData, plan: SweepPlan
+    request: RunRequest, prepared: PreparedData, plan: SweepPlan
 ) -> tuple[Any, np.ndarray]:
-    """The final model's scaler (fit on all rows) and the scaled rows the sweep and the
-    criteria use, drawn from (seed, row count) alone: every batch sees the same rows."""
+    """The final model's first step (transform and scaler, fit on all rows) and the scaled
+    rows the sweep and the criteria use, drawn from (seed, row count) alone: every batch
+    sees the same rows."""
     import pandas as pd
 
-    from custseg.preprocess import make_scaler
+    from custseg.preprocess import make_preprocessor
     from custseg.sweep import sample_rows
 
+    config = request.config
     X, feats = prepared.X, list(prepared.features)
-    scaler = make_scaler(config.scaler)
+    scaler = make_preprocessor(config.scaler, transform=request.model_transform)
     if scaler != "passthrough":
         scaler.fit(pd.DataFrame(X, columns=feats, copy=False))
     rows = sample_rows(len(X), size=plan.sample_size, seed=config.seed)
@@ -230,7 +302,7 @@ def sweep(ctx: Context, prepared: PreparedData, plan: SweepPlan) -> SweepResult:
 
     config = ctx.config
     ks = ctx.ks or list(plan.ks)
-    _, sample = scaled_sample(config, prepared, plan)
+    _, sample = scaled_sample(ctx.request, prepared, plan)
     log.info("sweep: %d ks on %d of %d rows", len(ks), len(sample), plan.n_rows)
     scorer = None
     if config.select == "auto":
@@ -253,7 +325,7 @@ def fit(ctx: Context, prepared: PreparedData, plan: SweepPlan, sweep: SweepResul
     config = ctx.config
     if list(sweep.ks) != list(plan.ks):
         raise RuntimeError(f"sweep covered ks {list(sweep.ks)}, planned {list(plan.ks)}")
-    scaler, sample = scaled_sample(config, prepared, plan)
+    scaler, sample = scaled_sample(ctx.request, prepared, plan)
     selection = choose_k(sweep, method=config.select, X=sample, seed=config.seed)
     k = selection.chosen_k
     log.info("chose k=%d (%s): %s", k, selection.method, selection.reason)
@@ -488,6 +560,9 @@ def finish(
     if model_info(model).k != chosen_k:
         raise RuntimeError(f"saved model has k={model_info(model).k}, chosen k={chosen_k}")
     warnings = list(summary["warnings"])
+    orders = order_log_summary(ctx.request)
+    if orders:
+        warnings = orders["warnings"] + warnings
     predictions = None
     test = ctx.request.test_path
     if test:
@@ -514,6 +589,8 @@ def finish(
         "features": summary["features"],
         "feature_min": summary["feature_min"],
         "feature_max": summary["feature_max"],
+        "transactions": orders,
+        "transform": ctx.request.model_transform,
         "scaler": ctx.config.scaler,
         "seed": ctx.config.seed,
         "n_init": ctx.config.n_init,
@@ -703,6 +780,7 @@ def run_in_memory(
     the next step computes; the writes are awaited before the last step reads them back.
     """
     start = time.perf_counter()
+    request = customers_from_orders(request)
     ctx = Context(request=request, progress=progress)
     values: dict[str, Any] = {}
     pending: list[Future[None]] = []

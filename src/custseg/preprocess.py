@@ -351,6 +351,31 @@ def make_scaler(name: str) -> Any:
     return "passthrough" if name == "none" else scalers[name]()  # names: options.SCALERS
 
 
+def make_preprocessor(scaler: str, *, transform: str = "none") -> Any:
+    """The model's first step, unfitted: the scaler (`make_scaler`), after `log1p`
+    (log(1 + x), inverted by expm1) when `transform` says so."""
+    if transform == "none":
+        return make_scaler(scaler)
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    log1p = FunctionTransformer(np.log1p, inverse_func=np.expm1, feature_names_out="one-to-one")
+    return Pipeline([("log1p", log1p), ("scale", make_scaler(scaler))])
+
+
+def check_transform(prepared: PreparedData, transform: str, *, source: str) -> None:
+    """Refuse features the model's transform cannot take (log1p needs values >= 0)."""
+    if transform != "log1p":
+        return
+    for j, name in enumerate(prepared.features):
+        low = float(prepared.X[:, j].min())
+        if low < 0:
+            raise InputError(
+                f"{source}: feature {name!r} has negative values (as low as {low:g}); the log1p "
+                "transform needs values >= 0: pass --transform none or choose other --features"
+            )
+
+
 def scale_features(X: np.ndarray, *, scaler: str) -> np.ndarray:
     """`X` scaled as the final model's first step will scale it."""
     step = make_scaler(scaler)

@@ -205,6 +205,46 @@ def customer_features(
     return summary
 
 
+DATE_WORDS = ("date", "day", "time", "timestamp", "ordered", "created")
+AMOUNT_WORDS = ("amount", "value", "revenue", "sales", "price", "total", "spend", "spent")
+
+
+def order_columns(
+    uri: str,
+    *,
+    customer: str | None = None,
+    date: str | None = None,
+    amount: str | None = None,
+) -> tuple[str, str, str]:
+    """The customer, date and amount columns of an order log: those given, checked, and the
+    others found by name; an `InputError` names the flag to pass when a name does not settle it."""
+    from custseg.io import file_header, find_id_column, normalize_name
+
+    if not storage.exists(uri):
+        raise InputError(f"{uri}: file not found; check the path of --transactions")
+    header = file_header(uri)
+
+    def found(given: str | None, flag: str, guess: list[str], what: str) -> str:
+        if given is not None:
+            if given not in header:
+                raise InputError(f"{uri}: no column {given!r} ({flag}); the file has "
+                                 f"{', '.join(map(repr, header))}")  # fmt: skip
+            return given
+        if len(guess) != 1:
+            why = f"several columns could be it ({guess})" if guess else "none is named like it"
+            raise InputError(f"{uri}: which column is the {what}? {why}; pass {flag} COLUMN")
+        return guess[0]
+
+    idc = find_id_column(header)
+    customers = [idc] if idc else [c for c in header if "customer" in normalize_name(c)]
+    rest = [c for c in header if c not in customers]
+    dates = [c for c in rest if any(w in normalize_name(c) for w in DATE_WORDS)]
+    amounts = [c for c in rest if any(w in normalize_name(c) for w in AMOUNT_WORDS)]
+    return (found(customer, "--customer", customers, "customer id"),
+            found(date, "--date", dates, "order date"),
+            found(amount, "--amount", amounts, "order amount"))  # fmt: skip
+
+
 def _row_stats(con: Any, uri: str, customer: str, date: str, amount: str) -> dict[str, Any]:
     """Counts of rows, unparseable dates and amounts (with their first lines), refunds and
     zero-value orders, and the date range."""

@@ -38,6 +38,7 @@ log = logger(__name__)
 
 LATEST = "latest.json"
 RUNS = "runs"
+FEATURES = "features"
 WORK = "work"
 MODEL = "model.skops"
 METRICS = "metrics.json"
@@ -409,6 +410,12 @@ class ArtifactStore:
     def latest_uri(self) -> str:
         """Where the promotion pointer lives."""
         return storage.join(self.root, LATEST)
+
+    def customer_table(self, key: str) -> tuple[str, str]:
+        """Where the customer table built from an order log and its summary are kept
+        (`OUT/features/<key>.parquet` and `.json`), shared by every run on that log."""
+        base = storage.join(self.root, FEATURES, key)
+        return base + ".parquet", base + ".json"
 
     def run(self, run_id: str) -> RunDir:
         """The run directory of `run_id` (it may not exist)."""

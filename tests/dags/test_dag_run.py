@@ -134,6 +134,26 @@ def test_mall_customers_at_defaults_matches_the_cli(dag, tmp_base, mall_csv):
     assert metrics["k_range"] == [1, 50] and metrics["n_rows_used"] == 200
 
 
+def test_an_order_log_is_segmented_like_the_cli(dag, tmp_base):
+    """transactions_path: the DAG builds the customer table from CDNOW and segments it, as
+    `custseg run --transactions` does (the form's default input_path gives way to it)."""
+    from tests.conftest import shared_file
+
+    cdnow = shared_file("cdnow_transactions.csv").resolve()
+    root = tmp_base / "orders"
+    dr, tis = run_dag(dag, transactions_path=str(cdnow), test_path=None, k_max=6,
+                      artifacts_root=str(root))  # fmt: skip
+    assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
+    metrics = json.loads((root / "runs" / safe_run_id(dr.run_id) / "metrics.json").read_text())
+    assert metrics["transactions"]["n_customers"] == 23_570 and metrics["n_rows_used"] == 23_570
+    assert metrics["features"] == ["recency_days", "frequency", "monetary_mean"]
+    assert metrics["transform"] == "log1p"
+    cli = run_pipeline(PipelineConfig(k_max=6), input_path="", out=str(tmp_base / "orders-cli"),
+                       transactions_path=str(cdnow))  # fmt: skip
+    cli_metrics = json.loads((Path(cli["run_dir"]) / "metrics.json").read_text())
+    assert comparable(metrics) == comparable(cli_metrics)
+
+
 def _failed_at_load(dag, capfd, conf, root):
     before = (root / "latest.json").read_bytes()
     dr, tis = run_dag(dag, **conf)
