@@ -67,6 +67,11 @@ class CriteriaScorer:
         lo, hi = X.min(axis=0), X.max(axis=0)
         m = min(n, ref_rows)
         self.refs = [_rng(seed, 2, b).uniform(lo, hi, size=(m, d)) for b in range(n_refs)]
+        # a column of two values (a one-hot category) is drawn from its own values: uniform
+        # between them has a third of its variance, which made any category look like noise
+        for j in (j for j in range(d) if len(np.unique(X[:, j])) == 2):
+            for b, ref in enumerate(self.refs):
+                ref[:, j] = _rng(seed, 3, b, j).choice(X[:, j], size=m)
         self.log_scale = math.log(n / m)
 
     def ref_log_w(self, k: int) -> np.ndarray:

@@ -65,7 +65,8 @@ class CustomerTable:
     `frame` holds the id column (if any) and the features as float64 (missing, non-numeric
     and infinite cells are NaN); `invalid` lists, per reason, the row positions whose
     feature cells were not numbers; `line_of` turns a row position into a line the user
-    can find in the file.
+    can find in the file. A categorical feature holds the code of its value in
+    `categories[feature]` (-1 for a value outside a model's categories, listed in `unseen`).
     """
 
     frame: pd.DataFrame
@@ -78,6 +79,8 @@ class CustomerTable:
     invalid: dict[str, np.ndarray] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     header_line: int = 1
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    unseen: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def line_word(self) -> str:
@@ -148,7 +151,7 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", str(name).lower())
 
 
-def _name_keys(name: str) -> set[str]:
+def name_keys(name: str) -> set[str]:
     """Names a column answers to: with and without its bracketed unit, with aliases."""
     full = normalize_name(name)
     bare = normalize_name(re.sub(r"\(.*?\)|\[.*?\]", "", str(name)))
@@ -167,8 +170,8 @@ def resolve_column(
     """
     if wanted in columns:
         return wanted
-    keys = _name_keys(wanted)
-    hits = [c for c in columns if _name_keys(c) & keys]
+    keys = name_keys(wanted)
+    hits = [c for c in columns if name_keys(c) & keys]
     if len(hits) == 1:
         return hits[0]
     if len(hits) > 1:
@@ -554,12 +557,16 @@ def load_customers(
     features: tuple[str, ...] | list[str] = DEFAULT_FEATURES,
     id_column: str | None = None,
     needed_by: str | None = None,
+    categorical: tuple[str, ...] | list[str] = (),
+    categories: dict[str, tuple[str, ...]] | None = None,
 ) -> CustomerTable:
     """Read the id column and the feature columns of a CSV or Parquet customer table.
 
     Raises `InputError` for anything the user must fix; rows with missing, non-numeric or
     infinite features are kept as NaN and reported, so preprocessing can drop and count them.
     `needed_by` names the model a test file is scored with, for the missing-column message.
+    A feature is categorical when named in `categorical`, or when it holds text with at most
+    `MAX_CATEGORIES` distinct values; `categories` (a model's) fixes their values instead.
     """
     uri = str(source)
     _check_path(uri)
@@ -569,7 +576,7 @@ def load_customers(
     with ThreadPoolExecutor(max_workers=1) as hasher:
         # hashing runs beside the parse (hashlib releases the GIL): no extra pass at the end
         digest = hasher.submit(file_sha256, uri)
-        table = _load(uri, features, id_column, needed_by)
+        table = _load(uri, features, id_column, needed_by, categorical, categories)
         sha = digest.result()
     return dataclasses.replace(table, sha256=sha)
 
@@ -579,6 +586,8 @@ def _load(
     features: tuple[str, ...] | list[str],
     id_column: str | None,
     needed_by: str | None,
+    categorical: tuple[str, ...] | list[str] = (),
+    categories: dict[str, tuple[str, ...]] | None = None,
 ) -> CustomerTable:
     kind = sniff_format(uri)
     header_line = 1
@@ -598,7 +607,7 @@ def _load(
         _check_header(uri, header)
         if delimiter != ",":
             log.info("%s: detected delimiter %r", uri, delimiter)
-        if len(header) == 1 and not all(_name_keys(f) & _name_keys(header[0]) for f in features):
+        if len(header) == 1 and not all(name_keys(f) & name_keys(header[0]) for f in features):
             raise InputError(
                 f"{uri}: the header line has no , ; tab or | delimiter (one column), so this is "
                 "not a table custseg can read; export it with one of those delimiters"
@@ -607,7 +616,8 @@ def _load(
         _check_distinct(uri, features, feats)
         idc = resolve_column(id_column, header, source=uri) if id_column else find_id_column(header)
         wanted = ([idc] if idc else []) + [f for f in feats if f != idc]
-        as_text = {idc} if idc else set()
+        named = _categorical_columns(uri, [*categorical, *(categories or {})], feats)
+        as_text = ({idc} if idc else set()) | named
         import pyarrow as pa
 
         try:
@@ -630,7 +640,10 @@ def _load(
         return line_map(uri, file_format, delimiter, header_line)(row)
 
     word = "row" if file_format == "parquet" else "line"
-    frame, invalid, warnings = _feature_frame(uri, table, feats, idc, line_of, word)
+    given = {feats[list(features).index(f)]: tuple(v) for f, v in (categories or {}).items()
+             if f in features}  # fmt: skip
+    kinds = _Categories(_categorical_columns(uri, categorical, feats), given)
+    frame, invalid, warnings = _feature_frame(uri, table, feats, idc, line_of, word, kinds)
     del table
     for w in warnings:
         log.warning("%s", w)
@@ -647,6 +660,8 @@ def _load(
         warnings=tuple(warnings),
         header_line=header_line,
         delimiter=delimiter if file_format != "parquet" else ",",
+        categories=kinds.found,
+        unseen=kinds.unseen,
     )
 
 
@@ -688,7 +703,8 @@ def input_columns(table: CustomerTable) -> tuple[list[str], pd.DataFrame]:
     if they cannot be read row for row, only the id and features are kept."""
     import pyarrow as pa
 
-    known = {table.id_column, *table.features}
+    # categorical features are read again as text: their values as written, unseen ones too
+    known = {table.id_column, *(f for f in table.features if f not in table.categories)}
     header = file_header(table.source)
     try:
         others = other_columns(table.source, known)
@@ -705,10 +721,21 @@ def input_frame(table: Any) -> pd.DataFrame:
     header, others = input_columns(table)
     columns = {}
     for name in header:
-        columns[name] = table.frame[name] if name in table.frame else others[name]
+        from_frame = name in table.frame and name not in getattr(table, "categories", {})
+        columns[name] = table.frame[name] if from_frame else others[name]
     if not table.id_column:
         columns = {"row": np.arange(1, len(table.frame) + 1), **columns}
     return pd.DataFrame(columns, index=table.frame.index)
+
+
+def decoded_frame(table: CustomerTable) -> pd.DataFrame:
+    """The table's frame with each categorical feature's codes turned back into its values."""
+    frame = table.frame.copy(deep=False)
+    for name, cats in table.categories.items():
+        codes = frame[name].to_numpy()
+        values = np.asarray([*cats, None], dtype=object)
+        frame[name] = values[np.where(np.isnan(codes) | (codes < 0), len(cats), codes).astype(int)]
+    return frame
 
 
 def _huge_rows(values: np.ndarray) -> np.ndarray:
@@ -720,13 +747,118 @@ def _huge_rows(values: np.ndarray) -> np.ndarray:
         return np.flatnonzero(np.abs(values) >= HUGE)
 
 
+MAX_CATEGORIES = 20
+"""A text feature with at most this many distinct values is read as categorical."""
+UNSEEN = -1.0
+"""The code of a value outside a model's categories: one-hot encoded as all zeros."""
+
+
+@dataclass
+class _Categories:
+    """Which features are categorical (named, or text with few values) and their values:
+    fixed by a model (`given`), else found in the data (`found`)."""
+
+    named: set[str]
+    given: dict[str, tuple[str, ...]]
+    found: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    unseen: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def wants(self, column: str, values: Any) -> bool:
+        """Whether `column` (an Arrow column) is categorical."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if column in self.named or column in self.given:
+            return True
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            return False
+        text = pc.utf8_trim_whitespace(values)
+        numeric = pc.sum(pc.is_valid(_try_float(text))).as_py() or 0
+        present = len(text) - text.null_count
+        if numeric * 2 >= present:
+            return False
+        # few values, each repeated: a category; a column of distinct words is broken data
+        distinct = _distinct_text(text)
+        found = 2 <= distinct <= MAX_CATEGORIES and distinct * 2 <= present
+        if found:
+            log.info("column %r holds text with %d distinct values: read as categorical",
+                     column, distinct)  # fmt: skip
+        return found
+
+    def codes(self, uri: str, column: str, values: Any) -> np.ndarray:
+        """Each row's category code (NaN when missing, `UNSEEN` outside given categories)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        text = pc.utf8_trim_whitespace(values.cast(pa.string()))
+        text = pc.if_else(pc.is_in(text, pa.array(MISSING_TOKENS)), pa.scalar(None, pa.string()),
+                          text)  # fmt: skip
+        if column in self.given:
+            cats = tuple(self.given[column])
+        else:
+            cats = tuple(sorted(v for v in pc.unique(text).to_pylist() if v is not None))
+            if len(cats) > MAX_CATEGORIES:
+                raise InputError(
+                    f"{uri}: categorical column {column!r} has {len(cats)} distinct values "
+                    f"(at most {MAX_CATEGORIES}); group its rare values or drop it from "
+                    "--features"
+                )
+        index = pc.index_in(text, value_set=pa.array(cats, pa.string()))
+        codes = index.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls become NaN
+        outside = np.flatnonzero(np.isnan(codes) & pc.is_valid(text).to_numpy(zero_copy_only=False))
+        codes[outside] = UNSEEN
+        if outside.size:
+            self.unseen[column] = outside
+        self.found[column] = cats
+        return codes
+
+
+def _categorical_columns(uri: str, categorical: Any, feats: list[str]) -> set[str]:
+    """The feature columns `categorical` names (matched like features)."""
+    named = set()
+    for name in categorical:
+        try:
+            named.add(resolve_column(name, feats, source=uri))
+        except InputError:
+            raise InputError(f"{uri}: categorical column {name!r} is not among the features "
+                             f"{feats}; add it to --features or drop it from --categorical"
+                             ) from None  # fmt: skip
+    return named
+
+
+def _try_float(text: Any) -> Any:
+    """Text cast to float where it parses, null elsewhere."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ok = pc.match_substring_regex(text, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+    return pc.if_else(ok, text, pa.scalar(None, pa.string()))
+
+
+def _distinct_text(text: Any) -> int:
+    """Distinct non-missing values of a text column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    present = pc.filter(text, pc.invert(pc.is_in(text, pa.array(MISSING_TOKENS))))
+    return len(pc.unique(pc.drop_null(present)))
+
+
 def _feature_frame(
-    uri: str, table: Any, feats: list[str], idc: str | None, line_of: Any, word: str
+    uri: str,
+    table: Any,
+    feats: list[str],
+    idc: str | None,
+    line_of: Any,
+    word: str,
+    kinds: _Categories | None = None,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[str]]:
     """The id and features of an Arrow table as a DataFrame, the invalid rows per reason
-    and the warnings naming them; float columns go straight from Arrow to NumPy."""
+    and the warnings naming them; float columns go straight from Arrow to NumPy, categorical
+    ones become codes (`_Categories`)."""
     import pyarrow as pa
 
+    kinds = kinds or _Categories(set(), {})
     warnings: list[str] = []
     invalid_rows: dict[str, list[np.ndarray]] = {"non_numeric": [], "non_finite": []}
     columns: dict[str, Any] = {}
@@ -735,6 +867,9 @@ def _feature_frame(
         columns[idc] = ids
     for col in feats:
         column = table.column(col)
+        if col != idc and kinds.wants(col, column):
+            columns[col] = kinds.codes(uri, col, column)
+            continue
         if col != idc and pa.types.is_floating(column.type):
             values = np.asarray(column.to_numpy(), dtype=np.float64)  # nulls become NaN
         else:
@@ -863,6 +998,8 @@ def save_table(table: CustomerTable, uri: str) -> None:
         "warnings": list(table.warnings),
         "header_line": table.header_line,
         "delimiter": table.delimiter,
+        "categories": {c: list(v) for c, v in table.categories.items()},
+        "unseen": {c: v.tolist() for c, v in table.unseen.items()},
     }
     write_parquet(frame, uri, metadata=meta)
 
@@ -903,4 +1040,6 @@ def read_table(uri: str) -> CustomerTable:
         warnings=tuple(meta["warnings"]),
         header_line=int(meta.get("header_line", 1)),
         delimiter=str(meta.get("delimiter", ",")),
+        categories={c: tuple(v) for c, v in meta.get("categories", {}).items()},
+        unseen={c: np.asarray(v, dtype=np.int64) for c, v in meta.get("unseen", {}).items()},
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,7 @@ import pandas as pd
 
 from custseg import storage
 from custseg.errors import InputError, UntrustedModelError
-from custseg.preprocess import distinct_rows, make_scaler
+from custseg.preprocess import distinct_rows, make_scaler, model_frame
 from custseg.sanitize import logger
 from custseg.sweep import make_kmeans
 
@@ -28,6 +28,8 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.preprocessing._function_transformer.FunctionTransformer",
     "numpy.log1p",
     "numpy.expm1",
+    "sklearn.compose._column_transformer.ColumnTransformer",
+    "sklearn.preprocessing._encoders.OneHotEncoder",
 )
 """The only estimator classes a model file may contain."""
 
@@ -50,6 +52,7 @@ def fit_segments(
     seed: int,
     n_init: int,
     init: np.ndarray | None = None,
+    categories: dict[str, tuple[str, ...]] | None = None,
 ) -> Any:
     """Fit `Pipeline(scaler, KMeans(k))` on unscaled rows, with the sweep's random state for k.
 
@@ -59,7 +62,7 @@ def fit_segments(
     from those centers once instead of `n_init` k-means++ starts: on millions of rows
     that is a few Lloyd passes, over the distinct rows only when they are few (see
     `distinct_rows`). The scaler sees a DataFrame, so the pipeline remembers the feature
-    names it needs.
+    names it needs; categorical features (codes in `X`) reach it as their values.
     """
     from sklearn.cluster import KMeans
     from sklearn.pipeline import Pipeline
@@ -75,11 +78,11 @@ def fit_segments(
     if isinstance(scaler, str) and scaler != "passthrough":  # a name: make it, fit on all rows
         step = make_scaler(scaler)
         if step != "passthrough":
-            step.fit(pd.DataFrame(X, columns=columns, copy=False))
+            step.fit(model_frame(X, columns, categories))
     # from a given init, Lloyd on the distinct rows weighted by their counts is Lloyd on all
     # rows: integer-valued features make millions of rows a few thousand distinct points
     distinct = distinct_rows(X) if init is not None else None
-    rows = pd.DataFrame(X if distinct is None else distinct.rows, columns=columns, copy=False)
+    rows = model_frame(X if distinct is None else distinct.rows, columns, categories)
     # a passthrough step hands K-Means the DataFrame, so it keeps the feature names itself
     scaled = rows if step == "passthrough" else step.transform(rows)
     kmeans.fit(scaled, sample_weight=None if distinct is None else distinct.counts)
@@ -180,7 +183,9 @@ def _check_shapes(uri: str, model: Any) -> None:
         k, centers = int(kmeans.n_clusters), np.asarray(kmeans.cluster_centers_)
         named = kmeans if model[0] == "passthrough" else model
         n_features = len(named.feature_names_in_)
-    except (AttributeError, TypeError, IndexError, KeyError) as exc:
+        if _encoder(model[0]) is not None:
+            n_features = len(model[0].get_feature_names_out())
+    except (AttributeError, TypeError, IndexError, KeyError, ValueError) as exc:
         raise InputError(f"{uri}: not a custseg model ({exc!r}); retrain the model") from None
     if not 1 <= k <= K_LIMIT or centers.shape != (k, n_features):
         raise InputError(f"{uri}: model is inconsistent (k={k}, centers {centers.shape}, "
@@ -248,11 +253,24 @@ def load_model(uri: str, *, sha256: str | None = None) -> Any:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a saved model needs and knows: features, k and centroids in original units."""
+    """What a saved model needs and knows: features, k and centroids in original units.
+
+    A categorical feature's centroid is the code of the segment's most common value (its
+    largest one-hot share); `shares[feature]` holds every value's share per segment.
+    """
 
     features: tuple[str, ...]
     k: int
     centroids: np.ndarray
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    shares: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _encoder(step: Any) -> Any:
+    """The fitted `ColumnTransformer` of a model's first step, if it encodes categories."""
+    from sklearn.compose import ColumnTransformer
+
+    return step if isinstance(step, ColumnTransformer) else None
 
 
 def model_info(model: Any) -> ModelInfo:
@@ -263,20 +281,53 @@ def model_info(model: Any) -> ModelInfo:
     names = kmeans.feature_names_in_ if scaler == "passthrough" else model.feature_names_in_
     features = tuple(str(f) for f in names)
     centers = kmeans.cluster_centers_
-    if scaler != "passthrough" and scaler is not None:
+    categories: dict[str, tuple[str, ...]] = {}
+    shares: dict[str, np.ndarray] = {}
+    if _encoder(scaler) is not None:
+        centers, categories, shares = _encoded_centroids(scaler, centers, features)
+    elif scaler != "passthrough" and scaler is not None:
         centers = scaler.inverse_transform(centers)
     return ModelInfo(
         features=features,
         k=int(kmeans.n_clusters),
         centroids=np.asarray(centers, dtype=np.float64),
+        categories=categories,
+        shares=shares,
     )
+
+
+def _encoded_centroids(
+    step: Any, centers: np.ndarray, features: tuple[str, ...]
+) -> tuple[np.ndarray, dict[str, tuple[str, ...]], dict[str, np.ndarray]]:
+    """Centroids in original units through a `ColumnTransformer`: numbers through the
+    numeric step's inverse, categories as their one-hot shares (and the likeliest code)."""
+    out = np.zeros((len(centers), len(features)))
+    categories: dict[str, tuple[str, ...]] = {}
+    shares: dict[str, np.ndarray] = {}
+    weight = float((step.transformer_weights or {}).get("cat", 1.0))
+    for name, part, columns in step.transformers_:
+        if name == "remainder" or part == "drop":
+            continue
+        block = centers[:, step.output_indices_[name]]
+        where = [features.index(c) for c in columns]
+        if name == "num":
+            out[:, where] = block if part == "passthrough" else part.inverse_transform(block)
+            continue
+        start = 0
+        for column, cats in zip(columns, part.categories_, strict=True):
+            share = block[:, start : start + len(cats)] / (weight or 1.0)
+            start += len(cats)
+            categories[column] = tuple(str(c) for c in cats)
+            shares[column] = share
+            out[:, features.index(column)] = share.argmax(axis=1)
+    return out, categories, shares
 
 
 def assign(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's nearest segment, its distance to that centroid and the margin to the
     second-nearest one (inf with k = 1), in the model's scaled units."""
-    frame = pd.DataFrame(X, columns=list(model_info(model).features), copy=False)
-    dist = model.transform(frame)
+    info = model_info(model)
+    dist = model.transform(model_frame(X, info.features, info.categories))
     order = np.argsort(dist, axis=1)
     rows = np.arange(len(X))
     nearest = order[:, 0]
@@ -304,6 +355,10 @@ def assigned_frame(
     labels = np.array([(names or {}).get(s, "") for s in range(model_info(model).k)],
                       dtype=object)  # fmt: skip
     out = input_frame(table)
+    if table.categories:  # a value the model never saw is encoded as no category: flagged
+        unseen = [(f, set(rows.tolist())) for f, rows in table.unseen.items()]
+        out["unseen_category"] = [";".join(f for f, rows in unseen if r in rows)
+                                  for r in range(len(X))]  # fmt: skip
     out["segment"] = pd.array(np.full(len(X), pd.NA), dtype="Int64")
     out.loc[ok, "segment"] = nearest
     out["segment_name"] = unnamed
@@ -334,6 +389,7 @@ def predict_segments(
     lo, hi = np.asarray(train_min), np.asarray(train_max)
     width = (hi - lo) * OUT_OF_RANGE_MARGIN
     outside = (X < lo - width) | (X > hi + width)
+    outside[:, [f in table.categories for f in table.features]] = False  # see unseen_category
     out["out_of_range"] = [";".join(f for f, bad in zip(table.features, row, strict=True) if bad)
                            for row in outside]  # fmt: skip
     return out

@@ -52,6 +52,9 @@ DEFAULT_FEATURES: tuple[str, ...] = ("Annual Income (k$)", "Spending Score (1-10
 SCALERS: tuple[str, ...] = ("minmax", "standard", "robust", "none")
 SELECTIONS: tuple[str, ...] = ("auto", "elbow")
 TRANSFORMS: tuple[str, ...] = ("auto", "none", "log1p")
+CATEGORY_WEIGHT = 0.15
+"""Default weight of a categorical feature, chosen on bench/mixed.py (README, "Categorical
+columns")."""
 TRANSACTION_FEATURES: tuple[str, ...] = ("recency_days", "frequency", "monetary_mean")
 """What a run on an order log clusters on unless --features says otherwise."""
 K_LIMIT = 200
@@ -67,6 +70,18 @@ class PipelineConfig:
         default_text="Annual Income (k$), Spending Score (1-100); with --transactions: "
         "recency_days, frequency, monetary_mean",
         help="columns to cluster on, matched case- and punctuation-insensitively",
+    )  # fmt: skip
+    categorical: tuple[str, ...] | None = option(
+        None, kind="names", nullable=True, title="Categorical features", section="Data",
+        metavar="NAME", default_text="text features with at most 20 distinct values",
+        help="features to treat as categories, one-hot encoded inside the model (e.g. a "
+        "numeric region code); text features with few values are categorical anyway",
+    )  # fmt: skip
+    category_weight: float = option(
+        CATEGORY_WEIGHT, kind="float", minimum=0.0, maximum=4.0, title="Category weight",
+        section="Model", metavar="W",
+        help="weight of each categorical feature's one-hot block: two customers differing in "
+        "one category are sqrt(2) x W apart, a MinMax-scaled number spans 1",
     )  # fmt: skip
     k_min: int = option(
         1, kind="int", minimum=1, maximum=K_LIMIT, title="Smallest k", section="Model",
@@ -110,6 +125,8 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
+        if self.categorical is not None:
+            object.__setattr__(self, "categorical", tuple(self.categorical))
         check_values(self)
 
     def to_dict(self) -> dict[str, Any]:

@@ -235,9 +235,11 @@ def load(ctx: Context) -> CustomerTable:
     from custseg.io import load_customers
 
     req = ctx.request
-    table = load_customers(req.input_path, features=ctx.config.features)
+    table = load_customers(req.input_path, features=ctx.config.features,
+                           categorical=ctx.config.categorical or ())  # fmt: skip
     if req.test_path:
-        load_customers(req.test_path, features=table.features, needed_by="the model of this run")
+        load_customers(req.test_path, features=table.features, needed_by="the model of this run",
+                       categories=table.categories)  # fmt: skip
     if req.names_path:
         from custseg.report import read_segment_names
 
@@ -279,20 +281,20 @@ def scaled_sample(
     """The final model's first step (transform and scaler, fit on all rows) and the scaled
     rows the sweep and the criteria use, drawn from (seed, row count) alone: every batch
     sees the same rows."""
-    import pandas as pd
-
-    from custseg.preprocess import make_preprocessor
+    from custseg.preprocess import make_preprocessor, model_frame
     from custseg.sweep import sample_rows
 
     config = request.config
     X, feats = prepared.X, list(prepared.features)
-    scaler = make_preprocessor(config.scaler, transform=request.model_transform)
+    cats = prepared.categories
+    scaler = make_preprocessor(config.scaler, transform=request.model_transform, features=feats,
+                               categories=cats, category_weight=config.category_weight)  # fmt: skip
     if scaler != "passthrough":
-        scaler.fit(pd.DataFrame(X, columns=feats, copy=False))
+        scaler.fit(model_frame(X, feats, cats))
     rows = sample_rows(len(X), size=plan.sample_size, seed=config.seed)
     part = X if rows is None else X[rows]
     if scaler != "passthrough":
-        part = scaler.transform(pd.DataFrame(part, columns=feats, copy=False))
+        part = scaler.transform(model_frame(part, feats, cats))
     return scaler, np.ascontiguousarray(part, dtype=np.float64)
 
 
@@ -336,7 +338,8 @@ def fit(ctx: Context, prepared: PreparedData, plan: SweepPlan, sweep: SweepResul
             init = init.cluster_centers_
     with heartbeat(f"final fit: k={k} on {prepared.n_rows_used} rows"):
         model = fit_segments(prepared.X, prepared.features, k=k, scaler=scaler,
-                             seed=config.seed, n_init=config.n_init, init=init)  # fmt: skip
+                             seed=config.seed, n_init=config.n_init, init=init,
+                             categories=prepared.categories)  # fmt: skip
     labels = model[-1].labels_
     del model[-1].labels_  # the model keeps centers; one label per row goes to assignments
     summary = prepared.summary()
@@ -413,16 +416,38 @@ def profile(ctx: Context, prepared: PreparedData, segments: Segments) -> Profile
     from custseg.model import model_info
     from custseg.report import profile_segments, segments_png
 
-    centroids = model_info(segments.model).centroids
-    table = profile_segments(prepared.X, segments.labels, centroids, prepared.features)
+    info = model_info(segments.model)
+    numeric = [j for j, f in enumerate(prepared.features) if f not in prepared.categories]
+    X, centroids = prepared.X[:, numeric], info.centroids[:, numeric]
+    shares = category_shares(prepared, segments.labels, info)
+    table = profile_segments(X, segments.labels, centroids, prepared.numeric, categories=shares)
     names = segment_names(ctx, segments.alignment, len(centroids))
     table.insert(3, "name", [names.get(i, "") for i in range(len(centroids))])
     shown = [f"{n} ({d})" if n else d for n, d in zip(table["name"], table["label"], strict=True)]
-    plot = segments_png(prepared.X, segments.labels, centroids, prepared.features, shown,
+    plot = segments_png(X, segments.labels, centroids, prepared.numeric, shown,
                         seed=ctx.config.seed)  # fmt: skip
     distances, reference = segment_distances(segments.model, prepared, segments.labels)
     columns = profile_columns(ctx.request.input_path, prepared, segments.labels, len(centroids))
     return Profile(table, plot, distances, reference, columns)
+
+
+def category_shares(
+    prepared: PreparedData, labels: np.ndarray, info: Any
+) -> dict[str, tuple[tuple[str, ...], np.ndarray, np.ndarray]]:
+    """Per categorical feature: its values, each value's share in each segment (k x values)
+    and among all customers."""
+    out = {}
+    labels = np.asarray(labels)
+    for j, name in enumerate(prepared.features):
+        if name not in prepared.categories:
+            continue
+        cats = prepared.categories[name]
+        codes = prepared.X[:, j].astype(np.int64)
+        counts = np.zeros((info.k, len(cats)))
+        np.add.at(counts, (labels, codes), 1)
+        within = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        out[name] = (cats, within, np.bincount(codes, minlength=len(cats)) / len(codes))
+    return out
 
 
 def segment_names(ctx: Context, alignment: dict[str, Any] | None, k: int) -> dict[int, str]:
@@ -464,7 +489,7 @@ def profile_columns(
 
     idc = prepared.id_column
     try:
-        others = other_columns(input_path, set(prepared.features))
+        others = other_columns(input_path, set(prepared.numeric))
     except (InputError, OSError, ValueError, pa.ArrowInvalid) as exc:
         log.warning("columns beyond the features not profiled: %s", exc)
         others = None
@@ -481,7 +506,8 @@ def profile_columns(
         matched = table.reindex(ids).reset_index(drop=True)
     else:
         matched = others.take(pa.array(ids.astype(np.int64) - 1)).to_pandas()
-    features = {f: prepared.X[rows, j] for j, f in enumerate(prepared.features)}
+    features = {f: prepared.X[rows, j] for j, f in enumerate(prepared.features)
+                if f not in prepared.categories}  # fmt: skip
     return column_profiles(matched, np.asarray(labels)[rows], k, features)
 
 
@@ -491,15 +517,14 @@ def segment_distances(
     """Per segment, the p50/p95/p99 of its customers' distances to its centroid (the model's
     scaled units), and the drift reference (`custseg.drift.training_reference`); both on at
     most 200,000 rows drawn with a fixed seed."""
-    import pandas as pd
-
     from custseg.drift import training_reference
+    from custseg.preprocess import model_frame
 
     X, lab = prepared.X, np.asarray(labels)
     if len(X) > 200_000:
         rows = np.sort(np.random.default_rng(0).choice(len(X), 200_000, replace=False))
         X, lab = X[rows], lab[rows]
-    frame = pd.DataFrame(X, columns=list(prepared.features), copy=False)
+    frame = model_frame(X, prepared.features, prepared.categories)
     dist = model.transform(frame)[np.arange(len(lab)), lab]
     out = {}
     for seg in np.unique(lab):
@@ -534,7 +559,9 @@ def score_customers(
     from custseg.model import model_info, predict_segments
     from custseg.sweep import heartbeat
 
-    table = load_customers(input_path, features=model_info(model).features, needed_by=needed_by)
+    info = model_info(model)
+    table = load_customers(input_path, features=info.features, needed_by=needed_by,
+                           categories=info.categories)  # fmt: skip
     with heartbeat(f"predict: {table.n_rows_read} customers"):
         return predict_segments(model, table, train_min=summary["feature_min"],
                                 train_max=summary["feature_max"], names=names)  # fmt: skip
@@ -592,6 +619,9 @@ def finish(
         "transactions": orders,
         "transform": ctx.request.model_transform,
         "scaler": ctx.config.scaler,
+        "categories": summary.get("categories", {}),
+        "categorical_how": categorical_how(summary.get("categories", {}), ctx.config.categorical),
+        "category_weight": ctx.config.category_weight if summary.get("categories") else None,
         "seed": ctx.config.seed,
         "n_init": ctx.config.n_init,
         "n_rows_read": summary["n_rows_read"],
@@ -626,6 +656,16 @@ def finish(
             "reason": fit_info["selection"]["reason"], "n_rows_used": summary["n_rows_used"],
             "latest": latest, "promoted": promotion["promoted"],
             "promotion_reason": promotion["reason"]}  # fmt: skip
+
+
+def categorical_how(categories: dict[str, Any], named: tuple[str, ...] | None) -> dict[str, str]:
+    """How each categorical feature was decided: named (--categorical) or detected."""
+    from custseg.io import name_keys
+
+    asked = set().union(*(name_keys(n) for n in named or ()))
+    detected = "detected: text with {} distinct values"
+    return {c: "named (--categorical)" if name_keys(c) & asked else detected.format(len(v))
+            for c, v in categories.items()}  # fmt: skip
 
 
 def _promotion(

@@ -35,6 +35,12 @@ class PreparedData:
     n_distinct: int
     warnings: tuple[str, ...] = field(default=())
     sha256: str = ""
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def numeric(self) -> tuple[str, ...]:
+        """The features that are numbers (not categories)."""
+        return tuple(f for f in self.features if f not in self.categories)
 
     @property
     def n_rows_used(self) -> int:
@@ -54,6 +60,7 @@ class PreparedData:
             "feature_max": [float(v) for v in self.X.max(axis=0)],
             "data_sha256": self.sha256,
             "warnings": list(self.warnings),
+            "categories": {c: list(v) for c, v in self.categories.items()},
         }
 
     @classmethod
@@ -72,6 +79,7 @@ class PreparedData:
             n_distinct=int(summary["n_distinct"]),
             warnings=tuple(summary["warnings"]),
             sha256=summary["data_sha256"],
+            categories={c: tuple(v) for c, v in summary.get("categories", {}).items()},
         )
 
     def to_frame(self) -> pd.DataFrame:
@@ -340,6 +348,7 @@ def prepare_features(table: CustomerTable, *, distinct_cap: int | None = None) -
         n_distinct=n_distinct,
         warnings=tuple(table.warnings) + tuple(warnings),
         sha256=table.sha256,
+        categories=dict(table.categories),
     )
 
 
@@ -351,16 +360,58 @@ def make_scaler(name: str) -> Any:
     return "passthrough" if name == "none" else scalers[name]()  # names: options.SCALERS
 
 
-def make_preprocessor(scaler: str, *, transform: str = "none") -> Any:
+def make_preprocessor(
+    scaler: str,
+    *,
+    transform: str = "none",
+    features: tuple[str, ...] = (),
+    categories: dict[str, tuple[str, ...]] | None = None,
+    category_weight: float = 1.0,
+) -> Any:
     """The model's first step, unfitted: the scaler (`make_scaler`), after `log1p`
-    (log(1 + x), inverted by expm1) when `transform` says so."""
-    if transform == "none":
-        return make_scaler(scaler)
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import FunctionTransformer
+    (log(1 + x), inverted by expm1) when `transform` says so. With `categories`, a
+    `ColumnTransformer`: that step for the numeric features beside a one-hot encoding of
+    each categorical one, weighted by `category_weight` (an unseen value encodes as zeros).
+    Two customers differing in one category are then `sqrt(2) * category_weight` apart."""
+    numeric = make_scaler(scaler)
+    if transform == "log1p":
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import FunctionTransformer
 
-    log1p = FunctionTransformer(np.log1p, inverse_func=np.expm1, feature_names_out="one-to-one")
-    return Pipeline([("log1p", log1p), ("scale", make_scaler(scaler))])
+        log1p = FunctionTransformer(np.log1p, inverse_func=np.expm1,
+                                    feature_names_out="one-to-one")  # fmt: skip
+        numeric = Pipeline([("log1p", log1p), ("scale", numeric)])
+    if not categories:
+        return numeric
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder
+
+    cats = [f for f in features if f in categories]
+    nums = [f for f in features if f not in categories]
+    encoder = OneHotEncoder(categories=[list(categories[f]) for f in cats],
+                            handle_unknown="ignore", sparse_output=False)  # fmt: skip
+    parts = [("num", numeric, nums)] if nums else []
+    return ColumnTransformer(parts + [("cat", encoder, cats)],
+                             transformer_weights={"cat": float(category_weight)},
+                             verbose_feature_names_out=False)  # fmt: skip
+
+
+def model_frame(
+    X: np.ndarray,
+    features: tuple[str, ...] | list[str],
+    categories: dict[str, tuple[str, ...]] | None = None,
+) -> pd.DataFrame:
+    """Rows as the saved model takes them: a DataFrame of the features, categorical codes
+    turned back into their values (an unseen one into a value no category has)."""
+    frame = pd.DataFrame(X, columns=list(features), copy=False)
+    for name, cats in (categories or {}).items():
+        codes = np.nan_to_num(frame[name].to_numpy(), nan=-1).astype(np.int64)
+        frame[name] = np.asarray([*cats, UNSEEN_VALUE], dtype=object)[codes]
+    return frame
+
+
+UNSEEN_VALUE = "\x00unseen"
+"""What a code outside the categories becomes for the encoder: no category has it."""
 
 
 def check_transform(prepared: PreparedData, transform: str, *, source: str) -> None:

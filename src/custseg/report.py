@@ -119,12 +119,35 @@ def k_decision_text(selection: dict[str, Any]) -> str:
             f"a k range around {alt} (k_min, k_max), or more customers.")  # fmt: skip
 
 
+CATEGORY_LIFT = 0.15
+"""A segment is labelled `mostly <value>` when a value's share in it exceeds its share among
+all customers by at least 15 points."""
+
+
+def category_label(shares: dict[str, Any], seg: int) -> str:
+    """`mostly Female (genre, 78%)` parts for a segment whose categories stand out."""
+    parts = []
+    for name, (cats, within, overall) in shares.items():
+        lift = within[seg] - overall
+        top = int(np.argmax(lift))
+        if lift[top] >= CATEGORY_LIFT:
+            parts.append(f"mostly {cats[top]} ({short_feature_name(name)}, "
+                         f"{within[seg, top]:.0%})")  # fmt: skip
+    return " · ".join(parts)
+
+
 def profile_segments(
-    X: np.ndarray, labels: np.ndarray, centroids: np.ndarray, features: tuple[str, ...]
+    X: np.ndarray,
+    labels: np.ndarray,
+    centroids: np.ndarray,
+    features: tuple[str, ...],
+    *,
+    categories: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """One row per segment: size, share, label, and each feature's centroid (the model's)
-    and mean (of the segment's customers), in original units. Files for people show the
-    means only (`for_people`)."""
+    """One row per segment: size, share, label, and each numeric feature's centroid (the
+    model's) and mean (of the segment's customers), in original units; for each categorical
+    feature (`categories`: values, shares per segment, shares overall) each value's share.
+    Files for people show the means and shares only (`for_people`)."""
     n = len(labels)
     k = len(centroids)
     counts = np.bincount(labels, minlength=k)
@@ -144,6 +167,12 @@ def profile_segments(
             row[f"centroid {f}"] = round(float(centroid[j]), 4)
         for j, f in enumerate(features):
             row[f"mean {f}"] = round(float(means[seg, j]), 4) if counts[seg] else None
+        for f, (cats, within, _) in (categories or {}).items():
+            for c, value in enumerate(cats):
+                row[f"share {f}={value}"] = round(float(within[seg, c]), 4)
+        extra = category_label(categories or {}, seg)
+        if extra:
+            row["label"] = f"{row['label']} · {extra}" if row["label"] else extra
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -49,7 +49,7 @@ def score_customers_with_drift(
     model = run.load_model(verify=True)
     metrics, reference = run.metrics(), run.reference()
     info = model_info(model)
-    table = load_customers(input_path, features=info.features,
+    table = load_customers(input_path, features=info.features, categories=info.categories,
                            needed_by=f"the model in {run.uri}")  # fmt: skip
     names = {int(s["segment"]): s.get("name") or s["label"] for s in metrics["segments"]}
     out, ok, nearest, dist = assigned_frame(model, table, names)
@@ -101,15 +101,18 @@ def retraining_table(run: RunDir, new_input: str) -> tuple[pd.DataFrame, str]:
     """The run's training data plus the customers of `new_input`, deduplicated by customer
     id (a customer in both keeps the new row), as a table of id and features; and the rule
     applied, in words. Without an id column in both, every row of both is kept."""
-    from custseg.io import load_customers
+    from custseg.io import decoded_frame, load_customers
     from custseg.model import model_info
 
-    features = model_info(run.load_model(verify=True)).features
+    info = model_info(run.load_model(verify=True))
+    features, cats = info.features, tuple(info.categories)
     training = run.metrics()["input"]
-    old = load_customers(training, features=features, needed_by=f"the model in {run.uri}")
-    new = load_customers(new_input, features=features, needed_by=f"the model in {run.uri}")
-    old_frame = old.frame.rename(columns=dict(zip(old.features, features, strict=True)))
-    new_frame = new.frame.rename(columns=dict(zip(new.features, features, strict=True)))
+    old = load_customers(training, features=features, categorical=cats,
+                         needed_by=f"the model in {run.uri}")  # fmt: skip
+    new = load_customers(new_input, features=features, categorical=cats,
+                         needed_by=f"the model in {run.uri}")  # fmt: skip
+    old_frame = decoded_frame(old).rename(columns=dict(zip(old.features, features, strict=True)))
+    new_frame = decoded_frame(new).rename(columns=dict(zip(new.features, features, strict=True)))
     if old.id_column and new.id_column:
         new_frame = new_frame.rename(columns={new.id_column: old.id_column})
         both = pd.concat([old_frame, new_frame], ignore_index=True)

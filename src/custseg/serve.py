@@ -19,7 +19,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ class Served:
     novelty: dict[int, float]
     info: dict[str, Any]
     source: str
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def load_served(path: str) -> Served:
@@ -68,9 +69,11 @@ def load_served(path: str) -> Served:
         info={
             "run_id": run.run_id, "k": info.k, "features": list(info.features),
             "scaler": metrics["scaler"], "trained_at": metrics["created_at"],
+            "categories": {c: list(v) for c, v in info.categories.items()},
             "segments": metrics["segments"], "model_sha256": metrics.get("model_sha256"),
         },
         source=run.uri,
+        categories=info.categories,
     )  # fmt: skip
 
 
@@ -132,10 +135,17 @@ class RequestError(Exception):
         self.status = status
 
 
-def parse_records(body: bytes, features: tuple[str, ...], *, max_records: int) -> np.ndarray:
+def parse_records(
+    body: bytes,
+    features: tuple[str, ...],
+    *,
+    max_records: int,
+    categories: dict[str, tuple[str, ...]] | None = None,
+) -> np.ndarray:
     """The feature matrix of a JSON body: one object or a list of objects keyed by the
-    model's feature names (matched as the CLI matches columns)."""
-    from custseg.io import resolve_column
+    model's feature names (matched as the CLI matches columns). A categorical feature's
+    value becomes its code in `categories` (`custseg.io.UNSEEN` for a value outside them)."""
+    from custseg.io import UNSEEN, resolve_column
 
     try:
         data = json.loads(body)
@@ -161,6 +171,17 @@ def parse_records(body: bytes, features: tuple[str, ...], *, max_records: int) -
                 raise RequestError(422, f"record {i}: missing feature {feature!r} "
                                         f"(send {list(features)})") from None  # fmt: skip
             used.add(key)
+            if feature in (categories or {}):
+                value = record[key]
+                cats = categories[feature]
+                if not isinstance(value, str | int) or isinstance(value, bool):
+                    raise RequestError(
+                        422,
+                        f"record {i}: {key!r} must be one of its values {list(cats)}, "
+                        f"got {value!r}",
+                    )
+                X[i, j] = cats.index(str(value).strip()) if str(value).strip() in cats else UNSEEN
+                continue
             X[i, j] = _number(record[key], i, key)
         extra = [
             k
@@ -186,14 +207,18 @@ def score(served: Served, X: np.ndarray) -> list[dict[str, Any]]:
     from custseg.model import assign
 
     nearest, dist, margin = assign(served.model, X)
+    cats = [j for j, f in enumerate(served.features) if f in served.categories]
     out = []
-    for seg, a, m in zip(nearest.tolist(), dist.tolist(), margin.tolist(), strict=True):
+    for i, (seg, a, m) in enumerate(zip(nearest.tolist(), dist.tolist(), margin.tolist(),
+                                        strict=True)):  # fmt: skip
         limit = served.novelty.get(seg)
         out.append({
             "segment": seg, "segment_name": served.labels.get(seg, ""),
             "distance": round(a, 6), "margin": None if math.isinf(m) else round(m, 6),
             "novel": None if limit is None else bool(a > limit),
         })  # fmt: skip
+        if cats:  # a value the model never saw is scored as no category, and flagged
+            out[-1]["unseen_category"] = [served.features[j] for j in cats if X[i, j] < 0]
     return out
 
 
@@ -289,7 +314,8 @@ def create_app(
         if len(body) > max_bytes:
             return error(RequestError(413, f"body of {len(body)} bytes, over {max_bytes}"))
         try:
-            X = parse_records(body, served.features, max_records=max_records)
+            X = parse_records(body, served.features, max_records=max_records,
+                              categories=served.categories)  # fmt: skip
         except RequestError as exc:
             return error(exc)
         results = score(served, X)

@@ -154,6 +154,21 @@ def test_an_order_log_is_segmented_like_the_cli(dag, tmp_base):
     assert comparable(metrics) == comparable(cli_metrics)
 
 
+def test_a_categorical_feature_is_segmented_like_the_cli(dag, tmp_base, mall_csv):
+    """features with Gender: the DAG one-hot encodes it inside the model, as the CLI does."""
+    root = tmp_base / "gender"
+    features = ["Gender", "Annual Income (k$)", "Spending Score (1-100)"]
+    dr, tis = run_dag(dag, input_path=str(mall_csv), test_path=str(SAMPLE / "test.csv"),
+                      features=features, k_max=6, artifacts_root=str(root))  # fmt: skip
+    assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
+    metrics = json.loads((root / "runs" / safe_run_id(dr.run_id) / "metrics.json").read_text())
+    assert metrics["categories"] == {"Genre": ["Female", "Male"]}
+    assert {"share Genre=Female", "share Genre=Male"} <= set(metrics["segments"][0])
+    cli, _ = cli_metrics(tmp_base / "gender-cli", PipelineConfig(features=tuple(features), k_max=6),
+                         mall_csv.resolve(), SAMPLE / "test.csv")  # fmt: skip
+    assert comparable(metrics) == comparable(cli)
+
+
 def _failed_at_load(dag, capfd, conf, root):
     before = (root / "latest.json").read_bytes()
     dr, tis = run_dag(dag, **conf)
