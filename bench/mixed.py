@@ -27,10 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import kmedoids
 import numpy as np
 import pandas as pd
-from kmodes.kprototypes import KPrototypes
 from sklearn.cluster import KMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.metrics import adjusted_rand_score, silhouette_score
@@ -147,10 +145,14 @@ def fit(method: str, frame: pd.DataFrame, nums: Sequence[str], cats: Sequence[st
         return KMeans(k, n_init=N_INIT, random_state=seed).fit_predict(num)
     if method == "kproto":
         X = np.concatenate([num.astype(object), cat.astype(object)], axis=1)
+        from kmodes.kprototypes import KPrototypes  # the bench group: uv sync --group bench
+
         model = KPrototypes(n_clusters=k, init="Cao", n_init=N_INIT, random_state=seed, n_jobs=1)
         return np.asarray(model.fit_predict(X, categorical=list(range(num.shape[1], X.shape[1]))))
     if method == "gower":
         D = gower(num, cat)
+        import kmedoids
+
         runs = [kmedoids.fasterpam(D, k, init="random", random_state=seed * N_INIT + i, n_cpu=1)
                 for i in range(N_INIT)]  # fmt: skip
         return np.asarray(min(runs, key=lambda r: r.loss).labels)

@@ -173,3 +173,25 @@ def test_on_mall_gender_at_the_default_weight_keeps_the_five_segments(mall_csv, 
     assert metrics["categorical_how"] == {"Genre": "detected: text with 2 distinct values"}
     female = sorted(s["share Genre=Female"] for s in metrics["segments"])
     assert 0.3 < female[0] and female[-1] < 0.8  # no segment of one gender
+
+
+def test_choosing_k_on_mixed_data_finds_structure_and_its_absence(tmp_path):
+    """The tendency test runs on the numbers (a category always looks clustered, and dilutes
+    the gap): uniform numbers with a random category are one group; the mixed segments of
+    `mixed_customers` are found at their k."""
+    rng = np.random.default_rng(3)
+    noise = pd.DataFrame({"customer_id": range(500), "spend": rng.uniform(0, 100, 500).round(1),
+                          "visits": rng.uniform(0, 50, 500).round(1),
+                          "channel": rng.choice(["store", "web", "phone"], 500)})  # fmt: skip
+    noise.to_csv(tmp_path / "noise.csv", index=False)
+    config = PipelineConfig(features=("channel", "spend", "visits"), k_max=10)
+    summary = run_pipeline(config, input_path=str(tmp_path / "noise.csv"), out=str(tmp_path / "n"),
+                           force_promote=True)  # fmt: skip
+    metrics = json.loads((Path(summary["run_dir"]) / "metrics.json").read_text())
+    assert summary["chosen_k"] == 1 and metrics["selection"]["hopkins"]["columns"] == "numeric"
+    data = mixed_customers(seed=1)
+    data.drop(columns="truth").to_csv(tmp_path / "mixed.csv", index=False)
+    config = PipelineConfig(features=("channel", "spend", "visits"), k_max=10, category_weight=0.3)
+    summary = run_pipeline(config, input_path=str(tmp_path / "mixed.csv"), out=str(tmp_path / "m"),
+                           force_promote=True)  # fmt: skip
+    assert summary["chosen_k"] == 3

@@ -303,18 +303,26 @@ def _resample_fit(
     return scores, ari
 
 
-def choose_auto(sweep: SweepResult, X: np.ndarray, *, seed: int) -> Selection:
+def choose_auto(
+    sweep: SweepResult, X: np.ndarray, *, seed: int, numeric_columns: int | None = None
+) -> Selection:
     """The default rule: k = 1 unless the data has clustering tendency, else the criteria's vote.
 
     k = 1 ("no clear segment structure") when the Hopkins test does not reject uniform data,
     or when the gap statistic's SE rule stops at k = 1. Otherwise most of silhouette,
     Calinski-Harabasz, Davies-Bouldin and gap decide; the agreement is recorded, and the
     choice is checked on resamples with other seeds.
+
+    With one-hot categories after the first `numeric_columns` columns, the tendency test is
+    Hopkins on the numeric columns alone: discrete columns always look clustered to Hopkins,
+    and a category's spread dilutes the gap until its one-SE rule answers 1 on clustered data.
     """
     X = np.asarray(X, dtype=np.float64)
     values = collect(sweep, X, seed=seed)
     picks = criterion_picks(values)
-    h, p = hopkins(X, seed=seed)
+    mixed = numeric_columns is not None and numeric_columns < X.shape[1]
+    numbers = X[:, :numeric_columns] if mixed else X
+    h, p = hopkins(numbers, seed=seed) if numbers.shape[1] else (float("nan"), 0.0)
     crit_ks = sorted({k for v in values.values() for k in v})
     # the elbow is computed once, on the whole swept range, and reported the same everywhere
     elbow = elbow_k(list(sweep.ks), list(sweep.sse))
@@ -325,7 +333,7 @@ def choose_auto(sweep: SweepResult, X: np.ndarray, *, seed: int) -> Selection:
     if 1 in sweep.ks:
         if not structured:
             one_reason = f"Hopkins H={h:.2f} (p={p:.2g}; uniform data gives 0.5)"
-        elif gap_gain is not None and gap_gain <= 0:
+        elif gap_gain is not None and gap_gain <= 0 and not mixed:
             one_reason = (f"the gap statistic at k={k} is not above k=1 by one standard error "
                           f"(Hopkins H={h:.2f} only says the data is not uniform)")  # fmt: skip
     if one_reason:
@@ -351,7 +359,8 @@ def choose_auto(sweep: SweepResult, X: np.ndarray, *, seed: int) -> Selection:
         "stability": stab.to_dict(),
         "picks": {**picks, "elbow": elbow},
         "disagree": disagree,
-        "hopkins": {"statistic": _round(h, 4), "p_value": _round(p, 12), "alpha": HOPKINS_ALPHA},
+        "hopkins": {"statistic": _round(h, 4), "p_value": _round(p, 12), "alpha": HOPKINS_ALPHA,
+                    "columns": "numeric" if mixed else "all"},
         "gap_gain_over_k1": None if gap_gain is None else _round(gap_gain, 6),
         "values": {c: {str(kk): _round(v, 6) for kk, v in values[c].items()} for c in values},
         "criteria_k_range": [crit_ks[0], crit_ks[-1]] if crit_ks else None,

@@ -328,7 +328,9 @@ def fit(ctx: Context, prepared: PreparedData, plan: SweepPlan, sweep: SweepResul
     if list(sweep.ks) != list(plan.ks):
         raise RuntimeError(f"sweep covered ks {list(sweep.ks)}, planned {list(plan.ks)}")
     scaler, sample = scaled_sample(ctx.request, prepared, plan)
-    selection = choose_k(sweep, method=config.select, X=sample, seed=config.seed)
+    numeric = len(prepared.numeric) if prepared.categories else None
+    selection = choose_k(sweep, method=config.select, X=sample, seed=config.seed,
+                         numeric_columns=numeric)  # fmt: skip
     k = selection.chosen_k
     log.info("chose k=%d (%s): %s", k, selection.method, selection.reason)
     init = None

@@ -59,13 +59,15 @@ def choose_elbow(sweep: SweepResult) -> Selection:
 
 
 def choose_k(
-    sweep: SweepResult, *, method: str, X: np.ndarray | None = None, seed: int = 0
+    sweep: SweepResult, *, method: str, X: np.ndarray | None = None, seed: int = 0,
+    numeric_columns: int | None = None,
 ) -> Selection:
-    """Pick k from the sweep with `method` (`elbow` or `auto`)."""
+    """Pick k from the sweep with `method` (`elbow` or `auto`); `X`'s columns after the first
+    `numeric_columns` are one-hot categories (see `choose_auto`)."""
     if method == "elbow":
         return choose_elbow(sweep)
     from custseg.criteria import choose_auto  # the other name: options.SELECTIONS
 
     if X is None:
         raise ValueError("method 'auto' needs the scaled data X")
-    return choose_auto(sweep, X, seed=seed)
+    return choose_auto(sweep, X, seed=seed, numeric_columns=numeric_columns)
