@@ -59,7 +59,11 @@ def choose_elbow(sweep: SweepResult) -> Selection:
 
 
 def choose_k(
-    sweep: SweepResult, *, method: str, X: np.ndarray | None = None, seed: int = 0,
+    sweep: SweepResult,
+    *,
+    method: str,
+    X: np.ndarray | None = None,
+    seed: int = 0,
     numeric_columns: int | None = None,
 ) -> Selection:
     """Pick k from the sweep with `method` (`elbow` or `auto`); `X`'s columns after the first
