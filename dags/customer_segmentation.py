@@ -34,7 +34,8 @@ PARAMS = dag_params(
 DOC_MD = """
 # Customer segmentation
 
-Segments customers by the chosen numeric features with K-Means: a sweep over k, k chosen by
+Segments customers by the chosen features (numbers; text columns with few values one-hot
+encoded as categories) with K-Means: a sweep over k, k chosen by
 `select` (`auto`: silhouette, Calinski-Harabasz, Davies-Bouldin and gap vote, checked on
 resamples; `elbow`: the knee of the SSE curve), the final model fit at that k on every row.
 The pipeline is one list of steps (`custseg.pipeline.STEPS`); this DAG runs one task per step:

@@ -51,8 +51,9 @@ Runs on every `custseg_new_customers` asset event (from `watch_inbox`, or from a
    significant and `retrain_on_drift` is on.
 3. **retrain_task** triggers `customer_segmentation` with `input_path` = the score set's
    `training.csv` (the promoted run's training data plus these customers, deduplicated by
-   customer id, the new row winning) and the drift as `reason`. That run is promoted only
-   if it passes the promotion gate.
+   customer id, the new row winning), the drift as `reason`, and the options that shaped
+   the promoted model (features, categories, transform, k range, ...). That run is promoted
+   only if it passes the promotion gate.
 """
 
 
@@ -92,6 +93,7 @@ def watch_inbox():
     tags=["custseg", "lifecycle"],
     doc_md=SCORE_DOC,
     default_args={"retries": 1, "retry_delay": dt.timedelta(seconds=10)},
+    render_template_as_native_obj=True,
     params={name: Param(**spec) for name, spec in score_params(HOME).items()},
 )
 def score_customers():
@@ -113,11 +115,7 @@ def score_customers():
         task_id="retrain_task",
         trigger_dag_id="customer_segmentation",
         trigger_run_id="retrain__{{ run_id }}",
-        conf={
-            "input_path": "{{ " + pulled + "['input_path'] }}",
-            "artifacts_root": "{{ " + pulled + "['artifacts_root'] }}",
-            "reason": "{{ " + pulled + "['reason'] }}",
-        },
+        conf="{{ " + pulled + " }}",  # rendered as the dict itself (native templates)
         skip_when_already_exists=True,
         doc_md="**Retrain** `customer_segmentation` on the training data plus the new "
         "customers, with the drift as `reason`.",

@@ -84,6 +84,15 @@ def _input_of(params: Mapping[str, Any], events: Any, *, home: str | os.PathLike
     return confine_path(path, roots=allowed_roots(home), home=home, what="input_path")
 
 
+def model_options(run: Any) -> dict[str, Any]:
+    """The options that shaped `run`'s model, for a retraining that keeps them: its config
+    as recorded, with the transform it resolved (a run on an order log retrains on the
+    table it built, so `auto` would otherwise change meaning)."""
+    request = run.record().request
+    config = {k: v for k, v in request.config.to_dict().items() if v is not None}
+    return {**config, "transform": request.model_transform}
+
+
 def score_task(
     params: Mapping[str, Any], *, run_id: str, home: str | os.PathLike[str], events: Any = None
 ) -> dict[str, Any]:
@@ -135,7 +144,7 @@ def score_task(
     if retrain:
         reason = f"{summary} in {folder} (scored against run {run.run_id})"
         out["retrain"] = {"input_path": str(folder / RETRAIN_FILE), "artifacts_root": root,
-                          "reason": reason}  # fmt: skip
+                          "reason": reason, **model_options(run)}  # fmt: skip
         log.info("retraining: %s; training data: %s", reason, rule)
     elif drift["overall"] == "significant":
         log.info("significant drift, but retrain_on_drift is off: nothing is retrained")

@@ -92,6 +92,11 @@ def test_income_up_30_percent_is_significant_drift_and_triggers_retraining(
     assert conf["input_path"] == str(training)
     assert conf["artifacts_root"] == str(trained)
     assert conf["reason"].startswith(f"drift significant: {INCOME} PSI ")
+    # the retraining keeps the promoted model's options (features are a list, not text)
+    record = json.loads((Path(conf["artifacts_root"]) / "latest.json").read_text())
+    options = json.loads((Path(record["run_dir"]) / "work" / "run.json").read_text())
+    assert conf["features"] == options["request"]["config"]["features"]
+    assert conf["k_max"] == options["request"]["config"]["k_max"] and conf["transform"] == "none"
 
     # the triggered retraining, run here (dags test never runs the runs it triggers)
     dr2, states2 = run("customer_segmentation", **conf, test_path=None)
