@@ -58,6 +58,14 @@ def test_too_many_categories_or_an_unknown_name_fail_with_one_line(mall_csv):
                        categorical=["Genre"])  # fmt: skip
 
 
+def test_categories_alone_are_refused_with_one_line(mall_csv, tmp_path, capsys):
+    rc = main(["run", "--input", str(mall_csv), "--features", "Gender", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "every feature is categorical (['Genre']); K-Means needs at least one numeric" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_a_category_that_tells_segments_apart_is_used(tmp_path):
     data = mixed_customers()
     path = tmp_path / "mixed.csv"

@@ -254,6 +254,11 @@ def prepare(ctx: Context, table: CustomerTable) -> PreparedData:
     from custseg.preprocess import check_transform, prepare_features
 
     prepared = prepare_features(table, distinct_cap=ctx.config.k_max)
+    if not prepared.numeric:
+        raise InputError(
+            f"{table.source}: every feature is categorical ({list(prepared.features)}); "
+            "K-Means needs at least one numeric feature: add one to --features"
+        )
     check_transform(prepared, ctx.request.model_transform, source=table.source)
     return prepared
 
