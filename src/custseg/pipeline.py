@@ -424,8 +424,10 @@ def profile(ctx: Context, prepared: PreparedData, segments: Segments) -> Profile
     from custseg.report import profile_segments, segments_png
 
     info = model_info(segments.model)
-    numeric = [j for j, f in enumerate(prepared.features) if f not in prepared.categories]
-    X, centroids = prepared.X[:, numeric], info.centroids[:, numeric]
+    X, centroids = prepared.X, info.centroids
+    if prepared.categories:  # a copy of the numeric columns only when there are others
+        numeric = [j for j, f in enumerate(prepared.features) if f not in prepared.categories]
+        X, centroids = X[:, numeric], centroids[:, numeric]
     shares = category_shares(prepared, segments.labels, info)
     table = profile_segments(X, segments.labels, centroids, prepared.numeric, categories=shares)
     names = segment_names(ctx, segments.alignment, len(centroids))
