@@ -161,7 +161,7 @@ class Context:
 # -- the steps -----------------------------------------------------------------------------
 
 
-RFM_RULES_VERSION = 1
+RFM_RULES_VERSION = 2
 """Part of the key of a customer table built from an order log: bump when `custseg.rfm`'s
 rules change, so no run reuses a table built by the old rules."""
 
