@@ -321,8 +321,7 @@ def choose_auto(
     values = collect(sweep, X, seed=seed)
     picks = criterion_picks(values)
     mixed = numeric_columns is not None and numeric_columns < X.shape[1]
-    numbers = X[:, :numeric_columns] if mixed else X
-    h, p = hopkins(numbers, seed=seed) if numbers.shape[1] else (float("nan"), 0.0)
+    h, p = hopkins(X[:, :numeric_columns] if mixed else X, seed=seed)
     crit_ks = sorted({k for v in values.values() for k in v})
     # the elbow is computed once, on the whole swept range, and reported the same everywhere
     elbow = elbow_k(list(sweep.ks), list(sweep.sse))

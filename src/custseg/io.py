@@ -591,6 +591,7 @@ def _load(
 ) -> CustomerTable:
     kind = sniff_format(uri)
     header_line = 1
+    kinds: _Categories | None = None
     if kind == "parquet":
         table, feats, idc = _read_parquet(uri, features, id_column, needed_by)
         file_format = "parquet"
@@ -616,8 +617,8 @@ def _load(
         _check_distinct(uri, features, feats)
         idc = resolve_column(id_column, header, source=uri) if id_column else find_id_column(header)
         wanted = ([idc] if idc else []) + [f for f in feats if f != idc]
-        named = _categorical_columns(uri, [*categorical, *(categories or {})], feats)
-        as_text = ({idc} if idc else set()) | named
+        kinds = _category_plan(uri, features, feats, categorical, categories)
+        as_text = ({idc} if idc else set()) | kinds.named | set(kinds.given)
         import pyarrow as pa
 
         try:
@@ -640,9 +641,8 @@ def _load(
         return line_map(uri, file_format, delimiter, header_line)(row)
 
     word = "row" if file_format == "parquet" else "line"
-    given = {feats[list(features).index(f)]: tuple(v) for f, v in (categories or {}).items()
-             if f in features}  # fmt: skip
-    kinds = _Categories(_categorical_columns(uri, categorical, feats), given)
+    if kinds is None:  # Parquet: the columns are resolved only once the file is open
+        kinds = _category_plan(uri, features, feats, categorical, categories)
     frame, invalid, warnings = _feature_frame(uri, table, feats, idc, line_of, word, kinds)
     del table
     for w in warnings:
@@ -716,25 +716,29 @@ def input_columns(table: CustomerTable) -> tuple[list[str], pd.DataFrame]:
     return header, others.to_pandas().set_axis(table.frame.index)
 
 
-def input_frame(table: Any) -> pd.DataFrame:
+def input_frame(table: CustomerTable) -> pd.DataFrame:
     """The input's columns in file order (features as read, other columns as text)."""
     header, others = input_columns(table)
     columns = {}
     for name in header:
-        from_frame = name in table.frame and name not in getattr(table, "categories", {})
+        from_frame = name in table.frame and name not in table.categories
         columns[name] = table.frame[name] if from_frame else others[name]
     if not table.id_column:
         columns = {"row": np.arange(1, len(table.frame) + 1), **columns}
     return pd.DataFrame(columns, index=table.frame.index)
 
 
+def category_values(codes: np.ndarray, cats: tuple[str, ...], *, other: Any) -> np.ndarray:
+    """The values of category codes (`other` for a missing or `UNSEEN` code)."""
+    known = ~np.isnan(codes) & (codes >= 0)
+    return np.asarray([*cats, other], dtype=object)[np.where(known, codes, len(cats)).astype(int)]
+
+
 def decoded_frame(table: CustomerTable) -> pd.DataFrame:
     """The table's frame with each categorical feature's codes turned back into its values."""
     frame = table.frame.copy(deep=False)
     for name, cats in table.categories.items():
-        codes = frame[name].to_numpy()
-        values = np.asarray([*cats, None], dtype=object)
-        frame[name] = values[np.where(np.isnan(codes) | (codes < 0), len(cats), codes).astype(int)]
+        frame[name] = category_values(frame[name].to_numpy(), cats, other=None)
     return frame
 
 
@@ -771,6 +775,9 @@ class _Categories:
         if column in self.named or column in self.given:
             return True
         if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            return False
+        # a numeric column with stray text has many values: a prefix settles it, no full pass
+        if _distinct_text(pc.utf8_trim_whitespace(values.slice(0, 1 << 16))) > MAX_CATEGORIES:
             return False
         text = pc.utf8_trim_whitespace(values)
         numeric = pc.sum(pc.is_valid(_try_float(text))).as_py() or 0
@@ -813,8 +820,16 @@ class _Categories:
         return codes
 
 
-def _categorical_columns(uri: str, categorical: Any, feats: list[str]) -> set[str]:
-    """The feature columns `categorical` names (matched like features)."""
+def _category_plan(
+    uri: str,
+    features: Any,
+    feats: list[str],
+    categorical: Any,
+    categories: dict[str, tuple[str, ...]] | None,
+) -> _Categories:
+    """Which of the resolved feature columns `feats` (asked for as `features`) are
+    categorical: those `categorical` names (matched like features), and those a model's
+    `categories` fix, keyed by the column each feature resolved to."""
     named = set()
     for name in categorical:
         try:
@@ -823,7 +838,9 @@ def _categorical_columns(uri: str, categorical: Any, feats: list[str]) -> set[st
             raise InputError(f"{uri}: categorical column {name!r} is not among the features "
                              f"{feats}; add it to --features or drop it from --categorical"
                              ) from None  # fmt: skip
-    return named
+    column_of = dict(zip(features, feats, strict=True))
+    given = {column_of[f]: tuple(v) for f, v in (categories or {}).items() if f in column_of}
+    return _Categories(named, given)
 
 
 def _try_float(text: Any) -> Any:

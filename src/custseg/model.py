@@ -183,7 +183,7 @@ def _check_shapes(uri: str, model: Any) -> None:
         k, centers = int(kmeans.n_clusters), np.asarray(kmeans.cluster_centers_)
         named = kmeans if model[0] == "passthrough" else model
         n_features = len(named.feature_names_in_)
-        if _encoder(model[0]) is not None:
+        if _encodes_categories(model[0]):
             n_features = len(model[0].get_feature_names_out())
     except (AttributeError, TypeError, IndexError, KeyError, ValueError) as exc:
         raise InputError(f"{uri}: not a custseg model ({exc!r}); retrain the model") from None
@@ -266,11 +266,11 @@ class ModelInfo:
     shares: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _encoder(step: Any) -> Any:
-    """The fitted `ColumnTransformer` of a model's first step, if it encodes categories."""
+def _encodes_categories(step: Any) -> bool:
+    """Whether a model's first step is the `ColumnTransformer` that one-hot encodes categories."""
     from sklearn.compose import ColumnTransformer
 
-    return step if isinstance(step, ColumnTransformer) else None
+    return isinstance(step, ColumnTransformer)
 
 
 def model_info(model: Any) -> ModelInfo:
@@ -283,7 +283,7 @@ def model_info(model: Any) -> ModelInfo:
     centers = kmeans.cluster_centers_
     categories: dict[str, tuple[str, ...]] = {}
     shares: dict[str, np.ndarray] = {}
-    if _encoder(scaler) is not None:
+    if _encodes_categories(scaler):
         centers, categories, shares = _encoded_centroids(scaler, centers, features)
     elif scaler != "passthrough" and scaler is not None:
         centers = scaler.inverse_transform(centers)
@@ -340,13 +340,26 @@ OUT_OF_RANGE_MARGIN = 0.10
 """A test value is flagged when it lies beyond the training range by over 10% of its width."""
 
 
+@dataclass(frozen=True)
+class Assigned:
+    """Customers of a loaded table assigned to segments: `frame` holds the input's columns,
+    then `segment`, `segment_name`, `distance` and `margin`; `X` the features, `ok` the rows
+    that have them all, `nearest` and `distance` those rows' segments and distances."""
+
+    frame: pd.DataFrame
+    X: np.ndarray
+    ok: np.ndarray
+    nearest: np.ndarray
+    distance: np.ndarray
+
+
 def assigned_frame(
     model: Any, table: Any, names: dict[int, str] | None, *, unnamed: str = ""
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
-    """The input's columns, then `segment`, `segment_name`, `distance` and `margin` (the
-    model's scaled units) of each customer of a loaded table; rows missing a feature get no
-    segment and the name `unnamed`. Also the mask of assigned rows, their segments and
-    distances."""
+) -> Assigned:
+    """Each customer of a loaded table with its segment, name, distance and margin (the
+    model's scaled units); rows missing a feature get no segment and the name `unnamed`.
+    With categorical features, `unseen_category` names those holding a value the model never
+    saw (encoded as no category)."""
     from custseg.io import input_frame
 
     X = table.frame[list(table.features)].to_numpy(dtype=np.float64)
@@ -355,10 +368,11 @@ def assigned_frame(
     labels = np.array([(names or {}).get(s, "") for s in range(model_info(model).k)],
                       dtype=object)  # fmt: skip
     out = input_frame(table)
-    if table.categories:  # a value the model never saw is encoded as no category: flagged
-        unseen = [(f, set(rows.tolist())) for f, rows in table.unseen.items()]
-        out["unseen_category"] = [";".join(f for f, rows in unseen if r in rows)
-                                  for r in range(len(X))]  # fmt: skip
+    if table.categories:
+        flags = np.full(len(X), "", dtype=object)
+        for feature, rows in table.unseen.items():
+            flags[rows] = np.where(flags[rows] == "", feature, flags[rows] + ";" + feature)
+        out["unseen_category"] = flags
     out["segment"] = pd.array(np.full(len(X), pd.NA), dtype="Int64")
     out.loc[ok, "segment"] = nearest
     out["segment_name"] = unnamed
@@ -366,7 +380,7 @@ def assigned_frame(
     for column, values in (("distance", dist), ("margin", gap)):
         out[column] = np.nan
         out.loc[ok, column] = np.round(np.where(np.isinf(values), np.nan, values), 6)
-    return out, ok, nearest, dist
+    return Assigned(out, X, ok, nearest, dist)
 
 
 def predict_segments(
@@ -384,8 +398,8 @@ def predict_segments(
     the training range are flagged in `out_of_range` (the features named), since the model
     extrapolates.
     """
-    out, *_ = assigned_frame(model, table, names, unnamed="no segment: missing feature")
-    X = table.frame[list(table.features)].to_numpy(dtype=np.float64)
+    assigned = assigned_frame(model, table, names, unnamed="no segment: missing feature")
+    out, X = assigned.frame, assigned.X
     lo, hi = np.asarray(train_min), np.asarray(train_max)
     width = (hi - lo) * OUT_OF_RANGE_MARGIN
     outside = (X < lo - width) | (X > hi + width)

@@ -41,11 +41,22 @@ class Spec:
     metavar: str | None = None
     runners: tuple[str, ...] = BOTH
     default_text: str | None = None
+    applies_with: str | None = None
+    """Another option this one only makes sense with (giving it alone is an error)."""
 
 
 def option(default: Any, **spec: Any) -> Any:
     """A dataclass field carrying its `Spec` (see the module docstring)."""
     return field(default=default, metadata={"spec": Spec(**spec)})
+
+
+def order_log_option(title: str, flag: str, metavar: str, help: str, found: str) -> Any:
+    """An option of `--transactions` alone: how to read the order log."""
+    return option(
+        None, kind="str", nullable=True, title=f"Order log: {title}", section="Data",
+        flags=(flag,), metavar=metavar, default_text=found, applies_with="transactions_path",
+        help=f"with --transactions: {help}",
+    )  # fmt: skip
 
 
 DEFAULT_FEATURES: tuple[str, ...] = ("Annual Income (k$)", "Spending Score (1-100)")
@@ -125,8 +136,6 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
-        if self.categorical is not None:
-            object.__setattr__(self, "categorical", tuple(self.categorical))
         check_values(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,27 +165,20 @@ class RunRequest:
         "recency, frequency and monetary value are built per customer (custseg features) "
         "and segmented in the same run",
     )  # fmt: skip
-    customer_column: str | None = option(
-        None, kind="str", nullable=True, title="Order log: customer column", section="Data",
-        flags=("--customer",), metavar="COL", default_text="found by name (customer id)",
-        help="with --transactions: the customer id column",
+    customer_column: str | None = order_log_option(
+        "customer column", "--customer", "COL", "the customer id column",
+        "found by name (customer id)",
     )  # fmt: skip
-    date_column: str | None = option(
-        None, kind="str", nullable=True, title="Order log: date column", section="Data",
-        flags=("--date",), metavar="COL", default_text="found by name (date)",
-        help="with --transactions: the order date column",
+    date_column: str | None = order_log_option(
+        "date column", "--date", "COL", "the order date column", "found by name (date)"
+    )
+    amount_column: str | None = order_log_option(
+        "amount column", "--amount", "COL", "the order value column",
+        "found by name (amount, value, revenue, sales, price, total)",
     )  # fmt: skip
-    amount_column: str | None = option(
-        None, kind="str", nullable=True, title="Order log: amount column", section="Data",
-        flags=("--amount",), metavar="COL",
-        default_text="found by name (amount, value, revenue, sales, price, total)",
-        help="with --transactions: the order value column",
-    )  # fmt: skip
-    as_of: str | None = option(
-        None, kind="str", nullable=True, title="Order log: as of", section="Data",
-        flags=("--as-of",), metavar="YYYY-MM-DD",
-        default_text="the day after the last order",
-        help="with --transactions: the day recency and tenure are counted to",
+    as_of: str | None = order_log_option(
+        "as of", "--as-of", "YYYY-MM-DD", "the day recency and tenure are counted to",
+        "the day after the last order",
     )  # fmt: skip
     test_path: str | None = option(
         None, kind="path", nullable=True, title="New customers to score", section="Data",
@@ -352,11 +354,11 @@ def parse_request(values: Mapping[str, Any], *, runner: str) -> RunRequest:
     if request.get("input_path") and request.get("transactions_path"):
         raise InputError(f"both --input={request['input_path']!r} and --transactions="
                          f"{request['transactions_path']!r}: give one of them")  # fmt: skip
-    if not request.get("transactions_path"):
-        for name in ("customer_column", "date_column", "amount_column", "as_of"):
-            if request.get(name):
-                flag = cli_flags(name, all_options()[name][0])[0]
-                raise InputError(f"{flag} {request[name]!r} applies only with --transactions")
+    for name, (spec, _) in all_options().items():
+        if spec.applies_with and request.get(name) and not request.get(spec.applies_with):
+            needed = cli_flags(spec.applies_with, all_options()[spec.applies_with][0])[0]
+            raise InputError(f"{cli_flags(name, spec)[0]} {request[name]!r} applies only with "
+                             f"{needed}")  # fmt: skip
     return RunRequest(config=config, **request)
 
 

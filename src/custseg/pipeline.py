@@ -180,7 +180,6 @@ def customers_from_orders(request: RunRequest) -> RunRequest:
     import tempfile
     from pathlib import Path
 
-    from custseg import storage
     from custseg.io import file_sha256
     from custseg.options import DEFAULT_FEATURES, TRANSACTION_FEATURES
     from custseg.rfm import customer_features, order_columns
@@ -188,28 +187,28 @@ def customers_from_orders(request: RunRequest) -> RunRequest:
     uri = request.transactions_path
     if not uri:
         return request
-    columns = order_columns(uri, customer=request.customer_column, date=request.date_column,
-                            amount=request.amount_column)  # fmt: skip
-    key = json.dumps([file_sha256(uri), columns, request.as_of, RFM_RULES_VERSION])
-    table_uri, summary_uri = ArtifactStore(request.artifacts_root).customer_table(
+    customer, date, amount = order_columns(uri, customer=request.customer_column,
+                                           date=request.date_column,
+                                           amount=request.amount_column)  # fmt: skip
+    key = json.dumps([file_sha256(uri), [customer, date, amount], request.as_of,
+                      RFM_RULES_VERSION])  # fmt: skip
+    store = ArtifactStore(request.artifacts_root)
+    table_uri = store.customer_table(
         f"{Path(uri.rstrip('/')).stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     )
-    if storage.exists(table_uri) and storage.exists(summary_uri):
+    if store.has_customer_table(table_uri):
         log.info("order log %s: reusing its customer table %s", uri, table_uri)
     else:
-        customer, date, amount = columns
         with tempfile.TemporaryDirectory(prefix="custseg-rfm-") as tmp:
             local = Path(tmp, "customers.parquet")
             summary = customer_features(uri, customer=customer, date=date, amount=amount,
                                         out=str(local), as_of=request.as_of)  # fmt: skip
             record = {**dataclasses.asdict(summary), "out": table_uri,
                       "warnings": summary.warnings()}  # fmt: skip
-            storage.replace_atomic(summary_uri, json.dumps(record, indent=2).encode())
-            storage.replace_atomic(table_uri, local.read_bytes())  # last: its presence = done
+            store.save_customer_table(table_uri, local.read_bytes(), record)
     features = request.config.features
     if features == DEFAULT_FEATURES:
         features = TRANSACTION_FEATURES
-    customer, date, amount = columns
     return dataclasses.replace(
         request, input_path=table_uri, customer_column=customer, date_column=date,
         amount_column=amount, config=dataclasses.replace(request.config, features=features),
@@ -219,14 +218,9 @@ def customers_from_orders(request: RunRequest) -> RunRequest:
 def order_log_summary(request: RunRequest) -> dict[str, Any] | None:
     """What building the customer table from the order log read, dropped and wrote (as
     `customers_from_orders` recorded it), or None for a run on a customer table."""
-    import json
+    from custseg.rundir import customer_table_summary
 
-    from custseg import storage
-
-    if not request.transactions_path:
-        return None
-    summary_uri = request.input_path[: -len(".parquet")] + ".json"
-    return json.loads(storage.read_bytes(summary_uri))
+    return customer_table_summary(request.input_path) if request.transactions_path else None
 
 
 def load(ctx: Context) -> CustomerTable:
@@ -426,9 +420,8 @@ def profile(ctx: Context, prepared: PreparedData, segments: Segments) -> Profile
     info = model_info(segments.model)
     X, centroids = prepared.X, info.centroids
     if prepared.categories:  # a copy of the numeric columns only when there are others
-        numeric = [j for j, f in enumerate(prepared.features) if f not in prepared.categories]
-        X, centroids = X[:, numeric], centroids[:, numeric]
-    shares = category_shares(prepared, segments.labels, info)
+        X, centroids = X[:, prepared.numeric_index], centroids[:, prepared.numeric_index]
+    shares = category_shares(prepared, segments.labels, info.k)
     table = profile_segments(X, segments.labels, centroids, prepared.numeric, categories=shares)
     names = segment_names(ctx, segments.alignment, len(centroids))
     table.insert(3, "name", [names.get(i, "") for i in range(len(centroids))])
@@ -441,18 +434,15 @@ def profile(ctx: Context, prepared: PreparedData, segments: Segments) -> Profile
 
 
 def category_shares(
-    prepared: PreparedData, labels: np.ndarray, info: Any
+    prepared: PreparedData, labels: np.ndarray, k: int
 ) -> dict[str, tuple[tuple[str, ...], np.ndarray, np.ndarray]]:
-    """Per categorical feature: its values, each value's share in each segment (k x values)
-    and among all customers."""
+    """Per categorical feature: its values, each value's share in each of the `k` segments
+    (k x values) and among all customers."""
     out = {}
     labels = np.asarray(labels)
-    for j, name in enumerate(prepared.features):
-        if name not in prepared.categories:
-            continue
-        cats = prepared.categories[name]
-        codes = prepared.X[:, j].astype(np.int64)
-        counts = np.zeros((info.k, len(cats)))
+    for name, cats in prepared.categories.items():
+        codes = prepared.X[:, prepared.features.index(name)].astype(np.int64)
+        counts = np.zeros((k, len(cats)))
         np.add.at(counts, (labels, codes), 1)
         within = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         out[name] = (cats, within, np.bincount(codes, minlength=len(cats)) / len(codes))
@@ -515,8 +505,8 @@ def profile_columns(
         matched = table.reindex(ids).reset_index(drop=True)
     else:
         matched = others.take(pa.array(ids.astype(np.int64) - 1)).to_pandas()
-    features = {f: prepared.X[rows, j] for j, f in enumerate(prepared.features)
-                if f not in prepared.categories}  # fmt: skip
+    features = {f: prepared.X[rows, j] for f, j in zip(prepared.numeric, prepared.numeric_index,
+                                                       strict=True)}  # fmt: skip
     return column_profiles(matched, np.asarray(labels)[rows], k, features)
 
 

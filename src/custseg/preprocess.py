@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from custseg.errors import InputError
-from custseg.io import CustomerTable
+from custseg.io import CustomerTable, category_values
 from custseg.sanitize import logger
 
 log = logger(__name__)
@@ -41,6 +41,11 @@ class PreparedData:
     def numeric(self) -> tuple[str, ...]:
         """The features that are numbers (not categories)."""
         return tuple(f for f in self.features if f not in self.categories)
+
+    @property
+    def numeric_index(self) -> list[int]:
+        """The columns of `X` that hold `numeric`."""
+        return [j for j, f in enumerate(self.features) if f not in self.categories]
 
     @property
     def n_rows_used(self) -> int:
@@ -405,8 +410,7 @@ def model_frame(
     turned back into their values (an unseen one into a value no category has)."""
     frame = pd.DataFrame(X, columns=list(features), copy=False)
     for name, cats in (categories or {}).items():
-        codes = np.nan_to_num(frame[name].to_numpy(), nan=-1).astype(np.int64)
-        frame[name] = np.asarray([*cats, UNSEEN_VALUE], dtype=object)[codes]
+        frame[name] = category_values(frame[name].to_numpy(), cats, other=UNSEEN_VALUE)
     return frame
 
 

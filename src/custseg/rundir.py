@@ -411,11 +411,20 @@ class ArtifactStore:
         """Where the promotion pointer lives."""
         return storage.join(self.root, LATEST)
 
-    def customer_table(self, key: str) -> tuple[str, str]:
-        """Where the customer table built from an order log and its summary are kept
-        (`OUT/features/<key>.parquet` and `.json`), shared by every run on that log."""
-        base = storage.join(self.root, FEATURES, key)
-        return base + ".parquet", base + ".json"
+    def customer_table(self, key: str) -> str:
+        """Where the customer table built from an order log is kept
+        (`OUT/features/<key>.parquet`, its summary beside it), shared by every run on it."""
+        return storage.join(self.root, FEATURES, key + ".parquet")
+
+    def has_customer_table(self, table_uri: str) -> bool:
+        """Whether that table and its summary were both written."""
+        return storage.exists(table_uri) and storage.exists(_summary_uri(table_uri))
+
+    def save_customer_table(self, table_uri: str, data: bytes, summary: dict[str, Any]) -> None:
+        """Write the table and its summary, each atomically; the table last, so that its
+        presence means both are complete."""
+        storage.replace_atomic(_summary_uri(table_uri), json_bytes(summary))
+        storage.replace_atomic(table_uri, data)
 
     def run(self, run_id: str) -> RunDir:
         """The run directory of `run_id` (it may not exist)."""
@@ -542,6 +551,15 @@ def resolve_run(path: str) -> RunDir:
         f"{text}: neither a run directory (no {MODEL}) nor an artifacts root (no {LATEST}); "
         "run `custseg run` first or pass --model RUN_DIR"
     )
+
+
+def _summary_uri(table_uri: str) -> str:
+    return table_uri.removesuffix(".parquet") + ".json"
+
+
+def customer_table_summary(table_uri: str) -> dict[str, Any]:
+    """What building a customer table from an order log read, dropped and wrote."""
+    return json.loads(storage.read_bytes(_summary_uri(table_uri)))
 
 
 def run_at(folder: str) -> RunDir:

@@ -52,8 +52,9 @@ def score_customers_with_drift(
     table = load_customers(input_path, features=info.features, categories=info.categories,
                            needed_by=f"the model in {run.uri}")  # fmt: skip
     names = {int(s["segment"]): s.get("name") or s["label"] for s in metrics["segments"]}
-    out, ok, nearest, dist = assigned_frame(model, table, names)
-    X = table.frame[list(table.features)].to_numpy(dtype=np.float64)
+    assigned = assigned_frame(model, table, names)
+    out, X, ok = assigned.frame, assigned.X, assigned.ok
+    nearest, dist = assigned.nearest, assigned.distance
     p99 = novelty_limits(metrics)
     limits = np.array([p99.get(s, np.inf) for s in range(info.k)])
     novel = dist > limits[nearest]
