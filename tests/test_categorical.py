@@ -196,7 +196,7 @@ def test_choosing_k_on_mixed_data_finds_structure_and_its_absence(tmp_path):
     summary = run_pipeline(config, input_path=str(tmp_path / "noise.csv"), out=str(tmp_path / "n"),
                            force_promote=True)  # fmt: skip
     metrics = json.loads((Path(summary["run_dir"]) / "metrics.json").read_text())
-    assert summary["chosen_k"] == 1 and metrics["selection"]["hopkins"]["columns"] == "numeric"
+    assert summary["chosen_k"] == 1 and metrics["selection"]["hopkins_columns"] == "numeric"
     data = mixed_customers(seed=1)
     data.drop(columns="truth").to_csv(tmp_path / "mixed.csv", index=False)
     config = PipelineConfig(features=("channel", "spend", "visits"), k_max=10, category_weight=0.3)
