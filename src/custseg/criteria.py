@@ -19,7 +19,7 @@ import numpy as np
 
 from custseg.sanitize import logger
 from custseg.select import Selection, elbow_k
-from custseg.sweep import SweepResult, make_kmeans, run_tasks, sweep_k
+from custseg.sweep import SweepResult, fit_k, fit_k_tables, run_tasks, sweep_k
 
 log = logger(__name__)
 
@@ -76,11 +76,9 @@ class CriteriaScorer:
 
     def ref_log_w(self, k: int) -> np.ndarray:
         """log W_k of each uniform reference (scaled to the data's row count)."""
-        out = []
-        for b, ref in enumerate(self.refs):
-            km = make_kmeans(k, seed=self.seed * 1000 + b, n_init=GAP_N_INIT).fit(ref)
-            out.append(math.log(max(float(km.inertia_), 1e-300)) + self.log_scale)
-        return np.array(out)
+        seeds = [self.seed * 1000 + b for b in range(len(self.refs))]
+        fits = fit_k_tables(self.refs, k, seeds=seeds, n_init=GAP_N_INIT)
+        return np.array([math.log(max(f.inertia, 1e-300)) + self.log_scale for f in fits])
 
     def __call__(self, k: int, labels: np.ndarray, sse: float) -> dict[str, float | None]:
         """Silhouette, CH, DB (k >= 2) and gap with its standard error, for k <= `k_max`."""
@@ -99,18 +97,87 @@ class CriteriaScorer:
 
 
 def label_scores(X: np.ndarray, labels: np.ndarray, sil_idx: np.ndarray) -> dict[str, float]:
-    """Silhouette (on the rows `sil_idx`), Calinski-Harabasz and Davies-Bouldin of a labelling."""
-    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
-
-    out = {
-        "calinski_harabasz": float(calinski_harabasz_score(X, labels)),
-        "davies_bouldin": float(davies_bouldin_score(X, labels)),
+    """Silhouette (on the rows `sil_idx`), Calinski-Harabasz and Davies-Bouldin of a labelling,
+    as scikit-learn's `sklearn.metrics` computes them (NumPy: no per-call overhead)."""
+    lab = np.unique(labels, return_inverse=True)[1].ravel()
+    counts = np.bincount(lab).astype(np.float64)
+    centroids = np.stack([np.bincount(lab, weights=X[:, j]) for j in range(X.shape[1])], 1)
+    centroids /= counts[:, None]
+    out: dict[str, float | None] = {
+        "calinski_harabasz": _calinski_harabasz(X, lab, counts, centroids),
+        "davies_bouldin": _davies_bouldin(X, lab, counts, centroids),
         "silhouette": None,
     }
-    sub = labels[sil_idx]
+    sub = lab[sil_idx]
     if 2 <= len(np.unique(sub)) < len(sil_idx):
-        out["silhouette"] = float(silhouette_score(X[sil_idx], sub))
-    return out
+        out["silhouette"] = silhouette(X[sil_idx], sub)
+    return out  # type: ignore[return-value]
+
+
+def _calinski_harabasz(
+    X: np.ndarray, lab: np.ndarray, counts: np.ndarray, centroids: np.ndarray
+) -> float:
+    """Between- over within-cluster dispersion, each per degree of freedom."""
+    n, k = len(X), len(counts)
+    between = float((counts * ((centroids - X.mean(axis=0)) ** 2).sum(axis=1)).sum())
+    within = float(((X - centroids[lab]) ** 2).sum())
+    return 1.0 if within == 0.0 else between * (n - k) / (within * (k - 1.0))
+
+
+def _davies_bouldin(
+    X: np.ndarray, lab: np.ndarray, counts: np.ndarray, centroids: np.ndarray
+) -> float:
+    """Mean over clusters of the worst (spread_i + spread_j) / distance(centroid_i, centroid_j)."""
+    spread = np.bincount(lab, weights=np.sqrt(((X - centroids[lab]) ** 2).sum(axis=1))) / counts
+    between = np.sqrt(((centroids[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2))
+    if np.allclose(spread, 0) or np.allclose(between, 0):
+        return 0.0
+    between[between == 0] = np.inf
+    return float(np.mean(np.max((spread[:, None] + spread) / between, axis=1)))
+
+
+def silhouette(X: np.ndarray, lab: np.ndarray, *, chunk: int = 1024) -> float:
+    """Mean silhouette of labels 0..k-1 (rows of a one-row cluster count 0), with the
+    distance matrix built a block of rows at a time."""
+    k = int(lab.max()) + 1
+    counts = np.bincount(lab, minlength=k).astype(np.float64)
+    onehot = np.zeros((len(X), k))
+    onehot[np.arange(len(X)), lab] = 1.0
+    sq = np.einsum("ij,ij->i", X, X)
+    total = 0.0
+    for start in range(0, len(X), chunk):
+        rows = slice(start, start + chunk)
+        d2 = sq[rows, None] - 2 * X[rows] @ X.T + sq[None, :]
+        d2[np.arange(d2.shape[0]), np.arange(start, start + d2.shape[0])] = 0.0
+        sums = np.sqrt(np.maximum(d2, 0)) @ onehot
+        own = lab[rows]
+        idx = np.arange(len(own))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = sums[idx, own] / (counts[own] - 1)
+            means = sums / counts
+            means[idx, own] = np.inf
+            b = means.min(axis=1)
+            s = np.nan_to_num((b - a) / np.maximum(a, b))
+        total += float(s.sum())
+    return total / len(X)
+
+
+def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
+    """The adjusted Rand index of two labellings (scikit-learn's pair-counting form)."""
+    _, ia = np.unique(a, return_inverse=True)
+    _, ib = np.unique(b, return_inverse=True)
+    ia, ib = ia.ravel(), ib.ravel()
+    n = len(ia)
+    table = np.bincount(ia * (ib.max() + 1) + ib).astype(np.int64)
+    rows, cols = np.bincount(ia).astype(np.int64), np.bincount(ib).astype(np.int64)
+    squares = int((table**2).sum())
+    tp = squares - n
+    fp = int((rows**2).sum()) - squares
+    fn = int((cols**2).sum()) - squares
+    tn = n * n - fp - fn - squares
+    if fn == 0 and fp == 0:
+        return 1.0
+    return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
 
 
 def hopkins(X: np.ndarray, *, seed: int, m: int | None = None) -> tuple[float, float]:
@@ -120,9 +187,6 @@ def hopkins(X: np.ndarray, *, seed: int, m: int | None = None) -> tuple[float, f
     bounding box to the nearest row, w from m sampled rows to their nearest other row. Under
     uniformity H ~ Beta(m, m) (Lawson & Jurs 1990); clustered data gives H near 1.
     """
-    from scipy.stats import beta
-    from sklearn.neighbors import NearestNeighbors
-
     X = np.unique(np.asarray(X, dtype=np.float64), axis=0)
     n, d = X.shape
     if n < 4:
@@ -130,16 +194,64 @@ def hopkins(X: np.ndarray, *, seed: int, m: int | None = None) -> tuple[float, f
     m = m or int(min(max(n // 10, 10), HOPKINS_ROWS, n - 1))
     rng = _rng(seed, 3)
     lo, hi = X.min(axis=0), X.max(axis=0)
-    tree = NearestNeighbors(n_neighbors=2).fit(X)
     uniform = rng.uniform(lo, hi, size=(m, d))
-    u = tree.kneighbors(uniform, n_neighbors=1)[0][:, 0]
+    u = _nearest_distance(uniform, X)
     rows = rng.choice(n, size=m, replace=False)
-    w = tree.kneighbors(X[rows], n_neighbors=2)[0][:, 1]
+    w = _nearest_distance(X[rows], X, skip=rows)
     # normalise before the power so that d up to ~50 neither under- nor overflows
     scale = float(np.concatenate([u, w]).mean()) or 1.0
     su, sw = ((u / scale) ** d).sum(), ((w / scale) ** d).sum()
     h = float(su / (su + sw)) if su + sw > 0 else 0.5
-    return h, float(beta.sf(h, m, m))
+    return h, beta_sf(h, m, m)
+
+
+def _nearest_distance(
+    queries: np.ndarray, X: np.ndarray, *, skip: np.ndarray | None = None, chunk: int = 64
+) -> np.ndarray:
+    """Euclidean distance from each query to its nearest row of X (row `skip[i]` excluded
+    for query i), exact, a block of queries at a time."""
+    out = np.empty(len(queries))
+    for start in range(0, len(queries), chunk):
+        q = queries[start : start + chunk]
+        dist = np.sqrt(((q[:, None, :] - X[None, :, :]) ** 2).sum(axis=2))
+        if skip is not None:
+            dist[np.arange(len(q)), skip[start : start + chunk]] = np.inf
+        out[start : start + len(q)] = dist.min(axis=1)
+    return out
+
+
+def beta_sf(x: float, a: float, b: float) -> float:
+    """P(B > x) for B ~ Beta(a, b) (the regularised incomplete beta function by its
+    continued fraction, Numerical Recipes 6.4; SciPy's `beta.sf` to 1e-12 relative)."""
+    if x <= 0.0:
+        return 1.0
+    if x >= 1.0:
+        return 0.0
+    a, b, x = b, a, 1.0 - x  # sf(x; a, b) = I_{1-x}(b, a)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x))  # fmt: skip
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def _beta_fraction(a: float, b: float, x: float, *, steps: int = 10_000) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, steps):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):  # fmt: skip
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
 
 
 def gap_pick(ks: list[int], gap: list[float], sd: list[float]) -> int | None:
@@ -245,30 +357,25 @@ def stability(
 ) -> Stability:
     """Redo the choice (without the gap) on `resamples` subsamples with other seeds.
 
-    Each (resample, k) fit is a task of `custseg.sweep.run_tasks` (on `workers` processes,
-    default the usable cores), deterministic on its own, so the result does not depend on
-    the number of workers.
+    Each k is a task of `custseg.sweep.run_tasks` (on `workers` processes, default the usable
+    cores) fitting every resample at that k, deterministic on its own, so the result does
+    not depend on the number of workers.
     """
-    from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
-    from threadpoolctl import threadpool_limits
-
     X = np.asarray(X, dtype=np.float64)
     rows = min(int(0.8 * len(X)), STABILITY_ROWS)
     ks = list(itertools.takewhile(lambda k: k < rows, (k for k in ks if k >= 2)))
     ref_labels = None
     if chosen_k >= 2:
-        with threadpool_limits(limits=1):
-            km = make_kmeans(chosen_k, seed=seed, n_init=STABILITY_N_INIT).fit(X)
-            ref_labels = km.predict(X)
-    fits: dict[tuple[int, int], tuple[dict[str, float | None] | None, float | None]] = {}
-    tasks = [(r, k) for k in sorted(ks, reverse=True) for r in range(resamples)]
-    run_tasks(_resample_fit, (X, chosen_k, seed, rows, ref_labels), tasks,
-              done=fits.__setitem__, workers=workers, rows=rows, what="stability")  # fmt: skip
+        ref_labels = fit_k(X, chosen_k, seed=seed, n_init=STABILITY_N_INIT).labels
+    fits: dict[int, list[tuple[dict[str, float | None] | None, float | None]]] = {}
+    run_tasks(_resample_fits, (X, chosen_k, seed, rows, resamples, ref_labels),
+              sorted(ks, reverse=True), done=fits.__setitem__, workers=workers, rows=rows,
+              what="stability")  # fmt: skip
     found, aris = [], []
     for r in range(resamples):
         values: dict[str, dict[int, float]] = {c: {} for c in CRITERIA}
         for k in ks:
-            scores, ari = fits[r, k]
+            scores, ari = fits[k][r]
             for name, v in (scores or {}).items():
                 if v is not None:
                     values[name][k] = v
@@ -283,24 +390,34 @@ def stability(
     return Stability(agreement, tuple(found), float(np.mean(aris)) if aris else float("nan"))
 
 
-def _resample_fit(
-    state: tuple[np.ndarray, int, int, int, np.ndarray | None], task: tuple[int, int]
-) -> tuple[dict[str, float | None] | None, float | None]:
-    """Criteria of the fit at k on resample r (None with fewer than two clusters used), and
-    its ARI against the full data's labels when k is the chosen k."""
-    from sklearn.metrics import adjusted_rand_score
+def _resample_fits(
+    state: tuple[np.ndarray, int, int, int, int, np.ndarray | None], k: int
+) -> list[tuple[dict[str, float | None] | None, float | None]]:
+    """Per resample r, the criteria of its fit at k (None with fewer than two clusters used),
+    and its ARI against the full data's labels when k is the chosen k."""
+    X, chosen_k, seed, rows, resamples, ref_labels = state
+    parts = [X[_rng(seed, 4, r).choice(len(X), size=rows, replace=False)] for r in range(resamples)]
+    seeds = [seed + 7919 * (r + 1) for r in range(resamples)]
+    out: list[tuple[dict[str, float | None] | None, float | None]] = []
+    for part, fit in zip(parts, fit_k_tables(parts, k, seeds=seeds, n_init=STABILITY_N_INIT),
+                         strict=True):  # fmt: skip
+        if len(np.unique(fit.labels)) < 2:
+            out.append((None, None))
+            continue
+        scores = label_scores(part, fit.labels, np.arange(min(len(part), SILHOUETTE_ROWS)))
+        ari = None
+        if k == chosen_k and ref_labels is not None:
+            ari = adjusted_rand(ref_labels, nearest_center(X, fit.centers))
+        out.append((scores, ari))
+    return out
 
-    X, chosen_k, seed, rows, ref_labels = state
-    r, k = task
-    Xr = X[_rng(seed, 4, r).choice(len(X), size=rows, replace=False)]
-    km = make_kmeans(k, seed=seed + 7919 * (r + 1), n_init=STABILITY_N_INIT).fit(Xr)
-    if len(np.unique(km.labels_)) < 2:
-        return None, None
-    scores = label_scores(Xr, km.labels_, np.arange(min(len(Xr), SILHOUETTE_ROWS)))
-    ari = None
-    if k == chosen_k and ref_labels is not None:
-        ari = float(adjusted_rand_score(ref_labels, km.predict(X)))
-    return scores, ari
+
+def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Each row's nearest centre, as `KMeans.predict` assigns it."""
+    dist = X @ centers.T
+    dist *= -2
+    dist += np.einsum("kd,kd->k", centers, centers)[None, :]
+    return dist.argmin(axis=1)
 
 
 def choose_auto(

@@ -321,7 +321,7 @@ def fit(ctx: Context, prepared: PreparedData, plan: SweepPlan, sweep: SweepResul
 
     from custseg.model import fit_segments
     from custseg.select import choose_k
-    from custseg.sweep import heartbeat, make_kmeans
+    from custseg.sweep import fit_k, heartbeat
 
     config = ctx.config
     if list(sweep.ks) != list(plan.ks):
@@ -335,8 +335,7 @@ def fit(ctx: Context, prepared: PreparedData, plan: SweepPlan, sweep: SweepResul
     init = None
     if len(sample) < prepared.n_rows_used:  # the sweep's fit at k seeds the fit on all rows
         with threadpool_limits(limits=1):
-            init = make_kmeans(k, seed=config.seed, n_init=config.n_init).fit(sample)
-            init = init.cluster_centers_
+            init = fit_k(sample, k, seed=config.seed, n_init=config.n_init).centers
     with heartbeat(f"final fit: k={k} on {prepared.n_rows_used} rows"):
         model = fit_segments(prepared.X, prepared.features, k=k, scaler=scaler,
                              seed=config.seed, n_init=config.n_init, init=init,

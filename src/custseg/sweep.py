@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from custseg.errors import InputError
+from custseg.kmeans import SMALL_ROWS, KMeansFit, fit_kmeans_tables
 from custseg.sanitize import logger
 
 log = logger(__name__)
@@ -82,6 +83,29 @@ def make_kmeans(k: int, *, seed: int, n_init: int) -> Any:
     from sklearn.cluster import KMeans
 
     return KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=kmeans_seed(seed, k))
+
+
+def fit_k(X: np.ndarray, k: int, *, seed: int, n_init: int) -> KMeansFit:
+    """`make_kmeans(k, seed=seed, n_init=n_init).fit(X)`'s solution: computed by
+    `custseg.kmeans` in NumPy on small tables (the same fit, without scikit-learn's per-call
+    overhead), by scikit-learn above `SMALL_ROWS` rows."""
+    return fit_k_tables([X], k, seeds=[seed], n_init=n_init)[0]
+
+
+def fit_k_tables(
+    tables: list[np.ndarray], k: int, *, seeds: list[int], n_init: int
+) -> list[KMeansFit]:
+    """`fit_k` of each table (all of one shape) with its own seed; small tables are fit
+    together, their initialisations advancing as one array."""
+    if len(tables[0]) <= SMALL_ROWS:
+        states = [kmeans_seed(seed, k) for seed in seeds]
+        return fit_kmeans_tables(tables, k, random_states=states, n_init=n_init)
+    fits = []
+    for X, seed in zip(tables, seeds, strict=True):
+        model = make_kmeans(k, seed=seed, n_init=n_init).fit(X)
+        fits.append(KMeansFit(model.cluster_centers_, model.labels_, float(model.inertia_),
+                              int(model.n_iter_)))  # fmt: skip
+    return fits
 
 
 SAMPLE_MIN = 5_000
@@ -374,6 +398,6 @@ def _fit_k(
 ) -> tuple[float, dict[str, float | None]]:
     """One k of the sweep: the fit's SSE and criteria (in a worker or in this process)."""
     X, seed, n_init, scorer = state
-    model = make_kmeans(k, seed=seed, n_init=n_init).fit(X)
-    found = scorer(k, model.labels_, float(model.inertia_)) if scorer is not None else {}
-    return float(model.inertia_), found
+    fit = fit_k(X, k, seed=seed, n_init=n_init)
+    found = scorer(k, fit.labels, fit.inertia) if scorer is not None else {}
+    return fit.inertia, found
