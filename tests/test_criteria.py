@@ -7,13 +7,15 @@ from custseg.criteria import (
     CRITERIA,
     CRITERIA_K_MAX,
     CriteriaScorer,
+    bic_columns,
+    bic_diagonal,
     choose_auto,
     combine,
     criterion_picks,
     gap_pick,
     hopkins,
 )
-from custseg.generate import make_clusters
+from custseg.generate import make_blobs, make_clusters
 from custseg.model import fit_segments, model_info
 from custseg.preprocess import scale_features
 from custseg.sweep import sweep_k
@@ -150,3 +152,30 @@ def test_criteria_and_stability_same_for_any_number_of_workers(caplog):
     assert set(runs[2].scores[3]) == {*CRITERIA, "gap_sd"} and runs[2].scores[3]["silhouette"] > 0.5
     assert stab[1] == stab[2]
     assert stab[2].ks == (3, 3, 3) and stab[2].agreement == 1.0 and stab[2].ari > 0.95
+
+
+def test_bic_prefers_the_true_labelling_and_floors_discrete_columns():
+    X, y = make_clusters(300, 3, dim=2, separation=6.0, seed=1)
+    X = scale_features(X, scaler="minmax")
+    cols, floor = bic_columns(X)
+    true = bic_diagonal(X[:, cols], y, floor)
+    assert true < bic_diagonal(X[:, cols], np.zeros(len(X), dtype=int), floor)
+    assert true < bic_diagonal(X[:, cols], np.random.default_rng(0).integers(0, 3, len(X)), floor)
+    # a one-hot column is left out; an integer column's floor is its step^2 / 12
+    D = np.column_stack([X[:, 0], np.arange(300) % 2, np.arange(300) % 5 / 4])
+    cols, floor = bic_columns(D)
+    assert cols.tolist() == [0, 2] and floor[1] == pytest.approx(0.25**2 / 12)
+
+
+@pytest.mark.parametrize(
+    ("k", "kwargs", "seed"),
+    [(4, {"dim": 10, "separation": 3.5}, 1), (4, {"dim": 3, "separation": 3.0}, 1)],
+)  # fmt: skip
+def test_issue16_overlap_and_10d_families_now_right(k, kwargs, seed):
+    """Cases of bench/choose_k.py's new families where auto answered too few (3 and 2) before
+    the BIC: silhouette and DB favour fewer clusters, BIC's vote joins the gap's (and CH's)."""
+    X, _ = make_blobs(100 * k, k, seed=seed, **kwargs)
+    sel = auto(scale_features(X, scaler="minmax"), seed=seed)
+    assert sel.chosen_k == k, sel.reason
+    assert sel.details["picks"]["bic"] == k and sel.details["picks"]["silhouette"] < k
+    assert "bic" in sel.reason.split(";")[0]

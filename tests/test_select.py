@@ -59,8 +59,8 @@ def test_auto_run_records_the_decision_and_keeps_segment_ids(tmp_path, mall_csv)
     assert sel["method"] == "auto" and sel["chosen_k"] == 5
     assert set(sel["values"]) >= {"silhouette", "calinski_harabasz", "davies_bouldin", "gap"}
     assert sel["picks"]["silhouette"] == 5 and sel["confidence"] == "medium"
-    # 2 of 4 criteria (davies_bouldin, silhouette) pick 5; every resample agrees
-    assert sel["criteria_agreement"] == 0.5 and sel["stability"]["agreement"] == 1.0
+    # 3 of 5 criteria (bic, davies_bouldin, silhouette) pick 5; every resample agrees
+    assert sel["criteria_agreement"] == 0.6 and sel["stability"]["agreement"] == 1.0
     assert (tmp_path / "runs" / runs[1]["run_id"] / "selection.png").stat().st_size > 1000
     html = (tmp_path / "runs" / runs[1]["run_id"] / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3

@@ -1,9 +1,10 @@
 """Criteria for choosing k beside the elbow, and the default `auto` rule that combines them.
 
-Silhouette, Calinski-Harabasz, Davies-Bouldin and the gap statistic are computed per k from the
-sweep's own fits (`CriteriaScorer` is called by `sweep_k`), so they cost no extra K-Means fit on
-the data; only the gap's uniform references are fit. Costs are bounded whatever the input size:
-silhouette on at most `SILHOUETTE_ROWS` rows, references of at most `GAP_ROWS` rows.
+Silhouette, Calinski-Harabasz, Davies-Bouldin, the gap statistic and a BIC are computed per k
+from the sweep's own fits (`CriteriaScorer` is called by `sweep_k`), so they cost no extra
+K-Means fit on the data; only the gap's uniform references are fit. Costs are bounded whatever
+the input size: silhouette on at most `SILHOUETTE_ROWS` rows, references of at most `GAP_ROWS`
+rows; the BIC is a pass over the labelled rows.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ HOPKINS_ALPHA = 0.01
 STABILITY_RESAMPLES = 5
 STABILITY_ROWS = 2000
 STABILITY_N_INIT = 2
-CRITERIA: tuple[str, ...] = ("silhouette", "calinski_harabasz", "davies_bouldin", "gap")
-VOTERS: tuple[str, ...] = ("silhouette", "calinski_harabasz", "davies_bouldin", "gap")
+CRITERIA: tuple[str, ...] = ("silhouette", "calinski_harabasz", "davies_bouldin", "gap", "bic")
+VOTERS: tuple[str, ...] = ("silhouette", "calinski_harabasz", "davies_bouldin", "gap", "bic")
+LOWER_IS_BETTER = frozenset({"davies_bouldin", "bic"})
 
 
 def _rng(seed: int, *salt: int) -> np.random.Generator:
@@ -73,6 +75,7 @@ class CriteriaScorer:
             for b, ref in enumerate(self.refs):
                 ref[:, j] = _rng(seed, 3, b, j).choice(X[:, j], size=m)
         self.log_scale = math.log(n / m)
+        self.bic_cols, self.bic_floor = bic_columns(X)
 
     def ref_log_w(self, k: int) -> np.ndarray:
         """log W_k of each uniform reference (scaled to the data's row count)."""
@@ -81,7 +84,7 @@ class CriteriaScorer:
         return np.array([math.log(max(f.inertia, 1e-300)) + self.log_scale for f in fits])
 
     def __call__(self, k: int, labels: np.ndarray, sse: float) -> dict[str, float | None]:
-        """Silhouette, CH, DB (k >= 2) and gap with its standard error, for k <= `k_max`."""
+        """Silhouette, CH, DB (k >= 2), gap with its standard error and BIC, for k <= `k_max`."""
         if k > self.k_max:
             return {}
         out: dict[str, float | None] = dict.fromkeys(CRITERIA)
@@ -89,6 +92,7 @@ class CriteriaScorer:
         used = len(np.unique(labels))
         if k >= 2 and 2 <= used < len(self.X):
             out.update(label_scores(self.X, labels, self.sil_idx))
+        out["bic"] = bic_diagonal(self.X[:, self.bic_cols], labels, self.bic_floor)
         if sse > 0 and self.refs:
             ref = self.ref_log_w(k)
             out["gap"] = float(ref.mean() - math.log(sse))
@@ -180,6 +184,42 @@ def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
 
 
+def bic_columns(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The columns BIC models (not constant, more than two values: one-hot categories are not
+    Gaussian) and each one's variance floor, the variance of rounding to its smallest step
+    (step^2 / 12; Sheppard): a cluster where a discrete column is constant would otherwise
+    have zero variance and an unbounded likelihood, and BIC would split along the values."""
+    cols, floors = [], []
+    for j in range(X.shape[1]):
+        v = np.unique(X[:, j])
+        if len(v) > 2:
+            cols.append(j)
+            floors.append(max(float(np.diff(v).min()) ** 2 / 12, 1e-12))
+    return np.array(cols, dtype=np.int64), np.array(floors)
+
+
+def bic_diagonal(X: np.ndarray, labels: np.ndarray, floor: np.ndarray) -> float | None:
+    """BIC (lower is better) of a labelling read as a Gaussian mixture, one diagonal covariance
+    per cluster, hard assignment (as X-means scores a K-Means split; Pelleg & Moore 2000).
+
+    Computed from the labelling alone (no fit). Unlike the SSE it rewards a k only when the
+    likelihood gain beats log(n) per parameter (2d + 1 per cluster), so it keeps clusters that
+    overlap or live in 10+ dimensions apart where the geometric indices fall back to k = 2.
+    """
+    n, d = X.shape
+    if d == 0 or n < 2:
+        return None
+    _, inv, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    onehot = np.zeros((len(sizes), n))
+    onehot[inv, np.arange(n)] = 1.0
+    mean = onehot @ X / sizes[:, None]
+    var = np.maximum(onehot @ (X * X) / sizes[:, None] - mean * mean, floor)
+    loglik = float(sizes @ np.log(sizes / n) - 0.5 * sizes @ np.log(2 * math.pi * var).sum(1))
+    loglik -= 0.5 * n * d
+    params = len(sizes) - 1 + 2 * d * len(sizes)
+    return -2.0 * loglik + params * math.log(n)
+
+
 def hopkins(X: np.ndarray, *, seed: int, m: int | None = None) -> tuple[float, float]:
     """Hopkins statistic H (d-th power form) and its p-value against uniform data.
 
@@ -265,13 +305,15 @@ def gap_pick(ks: list[int], gap: list[float], sd: list[float]) -> int | None:
 
 
 def criterion_picks(values: dict[str, dict[int, float]]) -> dict[str, int | None]:
-    """Each criterion's own k: max silhouette, max CH, min DB, the gap's SE rule."""
+    """Each criterion's own k: max silhouette, max CH, min DB, min BIC (when scored: older
+    records have none), the gap's SE rule."""
     picks: dict[str, int | None] = {}
     for name in ("silhouette", "calinski_harabasz"):
         v = values.get(name, {})
         picks[name] = max(v, key=lambda k: (v[k], -k)) if v else None
-    v = values.get("davies_bouldin", {})
-    picks["davies_bouldin"] = min(v, key=lambda k: (v[k], k)) if v else None
+    for name in ("davies_bouldin", "bic")[: 2 if "bic" in values else 1]:
+        v = values.get(name, {})
+        picks[name] = min(v, key=lambda k: (v[k], k)) if v else None
     g, s = values.get("gap", {}), values.get("gap_sd", {})
     ks = sorted(k for k in g if k in s)
     picks["gap"] = gap_pick(ks, [g[k] for k in ks], [s[k] for k in ks])
@@ -279,7 +321,7 @@ def criterion_picks(values: dict[str, dict[int, float]]) -> dict[str, int | None
 
 
 def normalised(values: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
-    """Each criterion scaled to 0..1 over k, 1 = best (Davies-Bouldin inverted)."""
+    """Each criterion scaled to 0..1 over k, 1 = best (Davies-Bouldin and BIC inverted)."""
     out: dict[str, dict[int, float]] = {}
     for name in CRITERIA:
         v = values.get(name, {})
@@ -288,7 +330,7 @@ def normalised(values: dict[str, dict[int, float]]) -> dict[str, dict[int, float
         arr = np.array(list(v.values()), dtype=float)
         lo, hi = float(arr.min()), float(arr.max())
         span = hi - lo or 1.0
-        best_low = name == "davies_bouldin"
+        best_low = name in LOWER_IS_BETTER
         out[name] = {k: (hi - x) / span if best_low else (x - lo) / span for k, x in v.items()}
     return out
 
@@ -404,7 +446,11 @@ def _resample_fits(
         if len(np.unique(fit.labels)) < 2:
             out.append((None, None))
             continue
-        scores = label_scores(part, fit.labels, np.arange(min(len(part), SILHOUETTE_ROWS)))
+        scores: dict[str, float | None] = dict(
+            label_scores(part, fit.labels, np.arange(min(len(part), SILHOUETTE_ROWS)))
+        )
+        cols, floor = bic_columns(part)
+        scores["bic"] = bic_diagonal(part[:, cols], fit.labels, floor)
         ari = None
         if k == chosen_k and ref_labels is not None:
             ari = adjusted_rand(ref_labels, nearest_center(X, fit.centers))
@@ -420,6 +466,35 @@ def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return dist.argmin(axis=1)
 
 
+@dataclass(frozen=True)
+class Decision:
+    """The k the criteria decide on, each criterion's pick, and why k = 1 when it is."""
+
+    k: int
+    picks: dict[str, int | None]
+    one_reason: str | None
+    gap_gain: float | None
+
+
+def decide(
+    values: dict[str, dict[int, float]], h: float, p: float, *, has_k1: bool, mixed: bool
+) -> Decision:
+    """The auto rule on per-k criteria and the Hopkins test (H, p); pure, so the benchmark
+    replays it from cached values. k = 1 when Hopkins does not reject uniform data or the
+    gap at the voted k is not one SE above k = 1 (not on mixed data); else the vote."""
+    picks = criterion_picks(values)
+    k = combine(values, picks)
+    gap_gain = _gap_gain(values, k)
+    one_reason = None
+    if has_k1:
+        if p >= HOPKINS_ALPHA:
+            one_reason = f"Hopkins H={h:.2f} (p={p:.2g}; uniform data gives 0.5)"
+        elif gap_gain is not None and gap_gain <= 0 and not mixed:
+            one_reason = (f"the gap statistic at k={k} is not above k=1 by one standard error "
+                          f"(Hopkins H={h:.2f} only says the data is not uniform)")  # fmt: skip
+    return Decision(1 if one_reason else k, picks, one_reason, gap_gain)
+
+
 def choose_auto(
     sweep: SweepResult, X: np.ndarray, *, seed: int, numeric_columns: int | None = None
 ) -> Selection:
@@ -427,8 +502,8 @@ def choose_auto(
 
     k = 1 ("no clear segment structure") when the Hopkins test does not reject uniform data,
     or when the gap statistic's SE rule stops at k = 1. Otherwise most of silhouette,
-    Calinski-Harabasz, Davies-Bouldin and gap decide; the agreement is recorded, and the
-    choice is checked on resamples with other seeds.
+    Calinski-Harabasz, Davies-Bouldin, gap and BIC decide (`decide`); the agreement is
+    recorded, and the choice is checked on resamples with other seeds.
 
     With one-hot categories after the first `numeric_columns` columns, the tendency test is
     Hopkins on the numeric columns alone: discrete columns always look clustered to Hopkins,
@@ -436,39 +511,20 @@ def choose_auto(
     """
     X = np.asarray(X, dtype=np.float64)
     values = collect(sweep, X, seed=seed)
-    picks = criterion_picks(values)
     mixed = numeric_columns is not None and numeric_columns < X.shape[1]
     h, p = hopkins(X[:, :numeric_columns] if mixed else X, seed=seed)
     crit_ks = sorted({k for v in values.values() for k in v})
     # the elbow is computed once, on the whole swept range, and reported the same everywhere
     elbow = elbow_k(list(sweep.ks), list(sweep.sse))
-    structured = p < HOPKINS_ALPHA
-    k = combine(values, picks)
-    gap_gain = _gap_gain(values, k)
-    one_reason = None
-    if 1 in sweep.ks:
-        if not structured:
-            one_reason = f"Hopkins H={h:.2f} (p={p:.2g}; uniform data gives 0.5)"
-        elif gap_gain is not None and gap_gain <= 0 and not mixed:
-            one_reason = (f"the gap statistic at k={k} is not above k=1 by one standard error "
-                          f"(Hopkins H={h:.2f} only says the data is not uniform)")  # fmt: skip
-    if one_reason:
-        k = 1
+    decision = decide(values, h, p, has_k1=1 in sweep.ks, mixed=mixed)
+    k, picks, gap_gain = decision.k, decision.picks, decision.gap_gain
     voters = {c: picks[c] for c in VOTERS if picks.get(c) is not None}
     agree = sorted(c for c, kk in voters.items() if kk == k)
     disagree = {c: kk for c, kk in voters.items() if kk != k}
     stab = stability(X, k, crit_ks, seed=seed, resamples=STABILITY_RESAMPLES)
     criteria_agreement = len(agree) / max(len(voters), 1)
     confidence = _confidence(k, criteria_agreement, stab, p)
-    if k == 1:
-        why = f"no clear segment structure: {one_reason or 'k_max=1'}"
-    else:
-        why = f"{len(agree)} of {len(voters)} criteria pick k={k} ({', '.join(agree)})"
-        if disagree:
-            why += "; " + ", ".join(f"{c} says {kk}" for c, kk in disagree.items())
-        if not math.isnan(stab.agreement):
-            why += f"; {stab.agreement:.0%} of {len(stab.ks)} resamples agree"
-    reason = f"{why} (confidence {confidence})"
+    reason = f"{_why(decision, agree, voters, stab)} (confidence {confidence})"
     details = {
         "confidence": confidence,
         "criteria_agreement": round(criteria_agreement, 3),
@@ -484,6 +540,20 @@ def choose_auto(
         "elbow_k_range": [sweep.ks[0], sweep.ks[-1]],
     }
     return Selection("auto", k, reason, details)
+
+
+def _why(decision: Decision, agree: list[str], voters: dict[str, int], stab: Stability) -> str:
+    """The decision in words: which criteria pick k, which disagree, how the resamples vote."""
+    k = decision.k
+    if k == 1:
+        return f"no clear segment structure: {decision.one_reason or 'k_max=1'}"
+    why = f"{len(agree)} of {len(voters)} criteria pick k={k} ({', '.join(agree)})"
+    disagree = {c: kk for c, kk in voters.items() if kk != k}
+    if disagree:
+        why += "; " + ", ".join(f"{c} says {kk}" for c, kk in disagree.items())
+    if not math.isnan(stab.agreement):
+        why += f"; {stab.agreement:.0%} of {len(stab.ks)} resamples agree"
+    return why
 
 
 def _gap_gain(values: dict[str, dict[int, float]], k: int) -> float | None:

@@ -161,3 +161,58 @@ def make_clusters(
         y = np.concatenate([y, np.full(n_noise, -1)])
     order = rng.permutation(len(X))
     return X[order], y[order].astype(np.int64)
+
+
+def packed_centers(
+    rng: np.random.Generator, sd: np.ndarray, *, dim: int, separation: float, latent: int | None
+) -> np.ndarray:
+    """Random centers for clusters of standard deviations `sd`, every pair at least
+    `separation` times their mean deviation apart, in the smallest cube found that holds
+    them (grown 1% per failed draw), in a random `latent`-dimensional subspace if given."""
+    k, free = len(sd), latent or dim
+    span = separation * k ** (1 / free)
+    basis = np.linalg.qr(rng.normal(size=(dim, dim)))[0][:, :free]
+    need = separation * (sd[:, None] + sd[None]) / 2 - np.eye(k) * 1e9
+    while True:
+        centers = rng.uniform(0.0, span, size=(k, free)) @ basis.T
+        if (np.sqrt(((centers[:, None] - centers[None]) ** 2).sum(-1)) >= need).all():
+            return centers
+        span *= 1.01
+
+
+def make_blobs(
+    n: int,
+    k: int,
+    *,
+    dim: int,
+    separation: float,
+    spread: float = 2.0,
+    imbalance: float = 1.0,
+    noise: float = 0.0,
+    latent: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`n` points in `k` Gaussian clusters, harder than `make_clusters` (bench/choose_k.py's
+    issue-16 families): each cluster its own standard deviation (up to `spread` times
+    another's), centers packed as close as `separation` allows (`packed_centers`), sizes
+    falling geometrically by `imbalance`, a `noise` share uniform over the box widened 20%
+    on each side (outliers that squeeze the clusters after MinMax; label -1), and with
+    `latent` the centers in a subspace (real tables: few directions carry the classes)."""
+    rng = np.random.default_rng([seed, 16])
+    sd = rng.uniform(1.0, spread, size=k)
+    sd /= sd.mean()
+    centers = packed_centers(rng, sd, dim=dim, separation=separation, latent=latent)
+    weights = imbalance ** (-np.arange(k) / max(k - 1, 1))
+    n_clustered = n - int(round(noise * n))
+    sizes = np.maximum(3, np.floor(weights / weights.sum() * n_clustered)).astype(int)
+    sizes[0] += n_clustered - sizes.sum()
+    parts = zip(centers, sizes, sd, strict=True)
+    X = np.concatenate([c + rng.normal(size=(m, dim)) * s for c, m, s in parts])
+    y = np.repeat(np.arange(k), sizes)
+    if noise:
+        lo, hi = X.min(axis=0), X.max(axis=0)
+        pad = 0.2 * (hi - lo)
+        X = np.concatenate([X, rng.uniform(lo - pad, hi + pad, size=(n - len(X), dim))])
+        y = np.concatenate([y, np.full(n - len(y), -1)])
+    order = rng.permutation(len(X))
+    return X[order], y[order].astype(np.int64)

@@ -536,7 +536,8 @@ def selection_png(selection: dict[str, Any]) -> bytes:
     picks = selection.get("picks", {})
     fig, ax = _figure((7, 4))
     styles = {"silhouette": ("#1f77b4", "o"), "calinski_harabasz": ("#2ca02c", "s"),
-              "davies_bouldin": ("#9467bd", "^"), "gap": ("#ff7f0e", "D")}  # fmt: skip
+              "davies_bouldin": ("#9467bd", "^"), "gap": ("#ff7f0e", "D"),
+              "bic": ("#8c564b", "v")}  # fmt: skip
     for name, (color, marker) in styles.items():
         v = {int(k): x for k, x in values.get(name, {}).items()}
         if not v:
@@ -544,7 +545,7 @@ def selection_png(selection: dict[str, Any]) -> bytes:
         ks = sorted(v)
         y = np.array([v[k] for k in ks], dtype=float)
         span = float(y.max() - y.min()) or 1.0
-        y = (y.max() - y) / span if name == "davies_bouldin" else (y - y.min()) / span
+        y = (y.max() - y) / span if name in ("davies_bouldin", "bic") else (y - y.min()) / span
         pick = picks.get(name)
         ax.plot(ks, y, marker=marker, markersize=3, color=color, label=f"{name} (picks {pick})")
         if pick in v:
