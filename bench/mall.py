@@ -40,11 +40,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--input", default=str(MALL))
     parser.add_argument("--pin", type=int, help="run every process on this CPU only")
+    parser.add_argument("--custseg", default=str(BIN / "custseg"), help="the custseg to time")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="custseg-bench-mall-"))
     pin = ["taskset", "-c", str(args.pin)] if args.pin is not None else []
     commands = {
-        "custseg": lambda i: [str(BIN / "custseg"), "run", "--input", args.input, "--out",
+        "custseg": lambda i: [args.custseg, "run", "--input", args.input, "--out",
                               str(work / f"c{i}"), "--no-progress"],
         "seed": lambda i: [sys.executable, str(ROOT / "bench" / "seed_lab.py"), args.input,
                            str(work / f"s{i}")],
