@@ -16,6 +16,7 @@ cached under `--cache`, so rules are re-evaluated from it without refitting; `au
     .venv/bin/python bench/choose_k.py --families old          # the 28-case table
     .venv/bin/python bench/choose_k.py --families new --seeds 0 1 2
     .venv/bin/python bench/choose_k.py --families all --seeds 0 1 2 --quick
+    .venv/bin/python bench/choose_k.py --families new --seeds 0 1 2 --vote-only  # no plateau
 """
 
 from __future__ import annotations
@@ -238,11 +239,18 @@ def main() -> None:
         action="store_true",
         help="replay the rule before the BIC (issue #16): the same values without it",
     )
+    parser.add_argument(
+        "--vote-only",
+        action="store_true",
+        help="replay auto without the gap-BIC plateau rule (the BIC's vote alone, 13fda3c)",
+    )
     parser.add_argument("--quick", action="store_true", help="every third dataset only")
     parser.add_argument("--cache", default=DEFAULT_CACHE, help="sweep cache directory")
     parser.add_argument("--save", help="write the per-dataset results (JSON) here")
     args = parser.parse_args()
     cases = suite(args.families)[:: 3 if args.quick else 1]
+    if args.vote_only:
+        criteria.gap_bic_plateau = lambda values, picks: None  # combine and decide look it up
     results = []
     start = time.perf_counter()
     print(f"{'dataset':<24} {'s':>2} {'k':>2} " + " ".join(f"{SHORT[r]:>5}" for r in RULES))

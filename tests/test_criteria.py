@@ -12,6 +12,7 @@ from custseg.criteria import (
     choose_auto,
     combine,
     criterion_picks,
+    decide,
     gap_pick,
     hopkins,
 )
@@ -179,3 +180,47 @@ def test_issue16_overlap_and_10d_families_now_right(k, kwargs, seed):
     assert sel.chosen_k == k, sel.reason
     assert sel.details["picks"]["bic"] == k and sel.details["picks"]["silhouette"] < k
     assert "bic" in sel.reason.split(";")[0]
+
+
+def _plateau_values(later_gap):
+    """silhouette, CH and DB pick 2; gap (SE rule) and BIC pick 3; the gap at k = 4, 5 given."""
+    return {
+        "silhouette": {2: 0.30, 3: 0.24, 4: 0.17, 5: 0.14},
+        "calinski_harabasz": {2: 142.0, 3: 113.0, 4: 83.0, 5: 68.0},
+        "davies_bouldin": {2: 1.3, 3: 1.6, 4: 2.2, 5: 2.4},
+        "gap": {1: 0.72, 2: 1.02, 3: 1.13, **later_gap},
+        "gap_sd": {1: 0.02, 2: 0.02, 3: 0.02, 4: 0.02, 5: 0.02},
+        "bic": {1: -1035.0, 2: -1885.0, 3: -2012.0, 4: -1861.0, 5: -1730.0},
+    }
+
+
+def test_gap_and_bic_outrank_the_vote_only_on_a_confirmed_gap_plateau():
+    plateau = _plateau_values({4: 1.12, 5: 1.14})  # within one SE of Gap(3) at every larger k
+    picks = criterion_picks(plateau)
+    assert picks["gap"] == picks["bic"] == 3 and picks["silhouette"] == 2
+    assert combine(plateau, picks) == 3
+    d = decide(plateau, 0.9, 1e-9, has_k1=True, mixed=False)
+    assert d.k == 3 and d.plateau
+    # the gap rises again past the SE rule's stop (wine, breast cancer): the vote decides
+    rising = _plateau_values({4: 1.12, 5: 1.25})
+    assert criterion_picks(rising)["gap"] == 3 and combine(rising, criterion_picks(rising)) == 2
+    # one larger k alone does not confirm a plateau; nor does the gap without the BIC
+    short = {c: {k: x for k, x in v.items() if k <= 4} for c, v in plateau.items()}
+    assert combine(short, criterion_picks(short)) == 2
+    no_bic = {c: v for c, v in plateau.items() if c != "bic"}
+    assert combine(no_bic, criterion_picks(no_bic)) == 2
+
+
+@pytest.mark.parametrize(
+    ("k", "kwargs", "seed"),
+    [(3, {"dim": 10, "separation": 3.5}, 0), (4, {"dim": 3, "separation": 3.0}, 2)],
+)  # fmt: skip
+def test_issue16_gap_and_bic_plateau_beats_the_geometric_majority(k, kwargs, seed):
+    """bench/choose_k.py cases where silhouette, CH and DB all answer 2 and the gap and BIC
+    agree on the true k with the gap flat after it: auto answered 2 before the plateau rule."""
+    X, _ = make_blobs(100 * k, k, seed=seed, **kwargs)
+    sel = auto(scale_features(X, scaler="minmax"), seed=seed)
+    assert sel.chosen_k == k, sel.reason
+    picks = sel.details["picks"]
+    assert picks["gap"] == picks["bic"] == k and picks["silhouette"] == 2
+    assert "no larger k raises the gap by one SE" in sel.reason

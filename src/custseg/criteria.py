@@ -335,8 +335,40 @@ def normalised(values: dict[str, dict[int, float]]) -> dict[str, dict[int, float
     return out
 
 
+GAP_PLATEAU_CHECKS = 2
+"""Larger k the gap must have been scored at to confirm a plateau (`gap_bic_plateau`)."""
+
+
+def gap_bic_plateau(
+    values: dict[str, dict[int, float]], picks: dict[str, int | None]
+) -> int | None:
+    """The k (>= 2) the gap and the BIC both pick, when the gap confirms it as a plateau: no
+    larger k (at least `GAP_PLATEAU_CHECKS` of them scored) has a gap more than one standard
+    error above Gap(k). Else None.
+
+    The two model-based criteria then outrank the geometric indices' vote: silhouette, CH and
+    DB keep favouring k = 2 when clusters overlap or live in 10+ dimensions (issue #16). The
+    plateau is what separates those cases from real tables whose gap keeps rising past the SE
+    rule's stop (wine, breast cancer: 4 or 12-15 by both gap and BIC, 4-8 SE below the gap at
+    a larger k); the one-k look-ahead of the SE rule alone cannot tell them apart.
+    """
+    k = picks.get("gap")
+    if k is None or k < 2 or picks.get("bic") != k:
+        return None
+    g, s = values.get("gap", {}), values.get("gap_sd", {})
+    later = [g[j] for j in g if j > k]
+    if k not in s or len(later) < GAP_PLATEAU_CHECKS or max(later) > g[k] + s[k]:
+        return None
+    return k
+
+
 def combine(values: dict[str, dict[int, float]], picks: dict[str, int | None]) -> int:
-    """The k most criteria pick (k >= 2); ties go to the higher mean normalised score."""
+    """The k most criteria pick (k >= 2); ties go to the higher mean normalised score. When
+    the gap and the BIC agree on a k that the gap confirms as a plateau (`gap_bic_plateau`),
+    that k instead."""
+    plateau = gap_bic_plateau(values, picks)
+    if plateau is not None:
+        return plateau
     votes = Counter(k for name, k in picks.items() if name in VOTERS and k is not None and k >= 2)
     norm = normalised(values)
 
@@ -474,6 +506,9 @@ class Decision:
     picks: dict[str, int | None]
     one_reason: str | None
     gap_gain: float | None
+    plateau: bool = False
+    """k is the one the gap and BIC agree on, confirmed by the gap's plateau (outranking the
+    other criteria's vote)."""
 
 
 def decide(
@@ -492,7 +527,8 @@ def decide(
         elif gap_gain is not None and gap_gain <= 0 and not mixed:
             one_reason = (f"the gap statistic at k={k} is not above k=1 by one standard error "
                           f"(Hopkins H={h:.2f} only says the data is not uniform)")  # fmt: skip
-    return Decision(1 if one_reason else k, picks, one_reason, gap_gain)
+    plateau = one_reason is None and gap_bic_plateau(values, picks) == k
+    return Decision(1 if one_reason else k, picks, one_reason, gap_gain, plateau)
 
 
 def choose_auto(
@@ -502,7 +538,8 @@ def choose_auto(
 
     k = 1 ("no clear segment structure") when the Hopkins test does not reject uniform data,
     or when the gap statistic's SE rule stops at k = 1. Otherwise most of silhouette,
-    Calinski-Harabasz, Davies-Bouldin, gap and BIC decide (`decide`); the agreement is
+    Calinski-Harabasz, Davies-Bouldin, gap and BIC decide (`decide`), unless the gap and BIC
+    agree on a k the gap confirms as a plateau (`gap_bic_plateau`); the agreement is
     recorded, and the choice is checked on resamples with other seeds.
 
     With one-hot categories after the first `numeric_columns` columns, the tendency test is
@@ -549,6 +586,9 @@ def _why(decision: Decision, agree: list[str], voters: dict[str, int], stab: Sta
         return f"no clear segment structure: {decision.one_reason or 'k_max=1'}"
     why = f"{len(agree)} of {len(voters)} criteria pick k={k} ({', '.join(agree)})"
     disagree = {c: kk for c, kk in voters.items() if kk != k}
+    if decision.plateau and len(agree) < len(voters):
+        why += (" (gap and BIC agree, and no larger k raises the gap by one SE: this outranks"
+                " the other criteria)")  # fmt: skip
     if disagree:
         why += "; " + ", ".join(f"{c} says {kk}" for c, kk in disagree.items())
     if not math.isnan(stab.agreement):
