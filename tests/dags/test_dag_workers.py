@@ -27,9 +27,9 @@ def test_dag_tasks_use_worker_processes_and_match_the_cli(dag, tmp_base, caplog,
         dr, tis = run_dag(dag, input_path=str(src), test_path=None, artifacts_root=str(root),
                           k_max=8, sweep_batches=2)  # fmt: skip
     assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
-    # two mapped batches of 4 ks each, then the stability check: 5 resamples x k = 2..8
+    # two mapped batches of 4 ks each, then the stability check: k = 2..8, 5 resamples each
     assert caplog.text.count("sweep: 4 tasks on 2 worker processes") == 2
-    assert "stability: 35 tasks on 2 worker processes" in caplog.text
+    assert "stability: 7 tasks on 2 worker processes" in caplog.text
     assert "in-process" not in caplog.text
     metrics = json.loads((root / "runs" / safe_run_id(dr.run_id) / "metrics.json").read_text())
     cli, _ = cli_metrics(tmp_base / "workers-cli", PipelineConfig(k_max=8), src, None)
