@@ -151,9 +151,13 @@ def silhouette(X: np.ndarray, lab: np.ndarray, *, chunk: int = 1024) -> float:
     total = 0.0
     for start in range(0, len(X), chunk):
         rows = slice(start, start + chunk)
-        d2 = sq[rows, None] - 2 * X[rows] @ X.T + sq[None, :]
-        d2[np.arange(d2.shape[0]), np.arange(start, start + d2.shape[0])] = 0.0
-        sums = np.sqrt(np.maximum(d2, 0)) @ onehot
+        d = X[rows] @ X.T  # one block, updated in place: memory, not arithmetic, bounds this
+        d *= -2
+        d += sq[rows, None]
+        d += sq[None, :]
+        d[np.arange(d.shape[0]), np.arange(start, start + d.shape[0])] = 0.0
+        np.maximum(d, 0, out=d)
+        sums = np.sqrt(d, out=d) @ onehot
         own = lab[rows]
         idx = np.arange(len(own))
         with np.errstate(divide="ignore", invalid="ignore"):
