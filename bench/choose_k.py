@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from custseg import criteria
+from custseg import criteria, scores
 from custseg.generate import generate_customers, make_blobs, make_clusters
 from custseg.preprocess import scale_features
 from custseg.select import elbow_k
@@ -181,11 +181,11 @@ def fill_label_criteria(
 ) -> dict[int, dict[str, Any]]:
     """The cached scores with the criteria computed from a labelling alone (BIC) added where
     the cache predates them, exactly as `CriteriaScorer` computes them in the sweep."""
-    cols, floor = criteria.bic_columns(X)
+    cols, floor = scores.bic_columns(X)
     out = {k: dict(v) for k, v in scores.items()}
     for k, lab in labels.items():
         if k in out and "bic" not in out[k]:
-            out[k]["bic"] = criteria.bic_diagonal(X[:, cols], lab, floor)
+            out[k]["bic"] = scores.bic_diagonal(X[:, cols], lab, floor)
     return out
 
 

@@ -7,8 +7,6 @@ from custseg.criteria import (
     CRITERIA,
     CRITERIA_K_MAX,
     CriteriaScorer,
-    bic_columns,
-    bic_diagonal,
     choose_auto,
     combine,
     criterion_picks,
@@ -19,6 +17,7 @@ from custseg.criteria import (
 from custseg.generate import make_blobs, make_clusters
 from custseg.model import fit_segments, model_info
 from custseg.preprocess import scale_features
+from custseg.scores import bic_columns, bic_diagonal
 from custseg.sweep import sweep_k
 
 FEATURES = ("Annual Income (k$)", "Spending Score (1-100)")

@@ -15,9 +15,10 @@ from sklearn.metrics import (
 )
 from sklearn.preprocessing import MinMaxScaler
 
-from custseg.criteria import adjusted_rand, beta_sf, hopkins, label_scores, nearest_center
+from custseg.criteria import hopkins
 from custseg.generate import make_clusters
 from custseg.kmeans import fit_kmeans, fit_kmeans_tables
+from custseg.scores import adjusted_rand, beta_sf, label_scores, nearest_center
 from custseg.sweep import fit_k, fit_k_tables, kmeans_seed, make_kmeans
 
 
