@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from custseg import criteria, scores
+from custseg import criteria
 from custseg.generate import generate_customers, make_blobs, make_clusters
 from custseg.preprocess import scale_features
+from custseg.scores import bic_columns, bic_diagonal
 from custseg.select import elbow_k
 from custseg.sweep import SweepResult, sweep_k
 
@@ -181,11 +182,11 @@ def fill_label_criteria(
 ) -> dict[int, dict[str, Any]]:
     """The cached scores with the criteria computed from a labelling alone (BIC) added where
     the cache predates them, exactly as `CriteriaScorer` computes them in the sweep."""
-    cols, floor = scores.bic_columns(X)
+    cols, floor = bic_columns(X)
     out = {k: dict(v) for k, v in scores.items()}
     for k, lab in labels.items():
         if k in out and "bic" not in out[k]:
-            out[k]["bic"] = scores.bic_diagonal(X[:, cols], lab, floor)
+            out[k]["bic"] = bic_diagonal(X[:, cols], lab, floor)
     return out
 
 
