@@ -63,7 +63,7 @@ def fit_kmeans_tables(
     centers, labels, inertia, n_iter = _lloyd(Xc, owner, centers, tols[owner], max_iter)
     fits = []
     for t in range(T):
-        i = _best(labels, inertia, range(t * n_init, (t + 1) * n_init), k)
+        i = _best(labels, inertia, range(t * n_init, (t + 1) * n_init))
         fits.append(KMeansFit(centers[i] + mean[t], labels[i], float(inertia[i]), int(n_iter[i])))
     return fits
 
@@ -189,7 +189,7 @@ def _lloyd(
     return centers, labels, np.einsum("bnd,bnd->b", diff, diff), n_iter
 
 
-def _best(labels: np.ndarray, inertia: np.ndarray, members: range, k: int) -> int:
+def _best(labels: np.ndarray, inertia: np.ndarray, members: range) -> int:
     """scikit-learn's pick among initialisations: the first, replaced by a later one only
     when its inertia is lower and its clustering is not the same one relabelled."""
     best = members[0]
