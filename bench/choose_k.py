@@ -191,10 +191,11 @@ def fill_label_criteria(
 
 
 def evaluate(
-    case: Case, seed: int, swept: dict[str, Any], *, baseline: bool = False
+    case: Case, seed: int, swept: dict[str, Any], *, baseline: bool = False, axes: bool = True
 ) -> dict[str, Any]:
     """Every rule's pick from the cached sweep: the criteria's own, the elbow on 1..50, auto
-    (with `baseline`, the rule before the BIC: the same criteria without it)."""
+    (with `baseline`, the rule before the BIC: the same criteria without it; without `axes`,
+    no principal-axes test for k = 1)."""
     X = swept["X"]
     scores = fill_label_criteria(X, swept["labels"], swept["scores"])
     if baseline:
@@ -203,7 +204,13 @@ def evaluate(
     start = time.perf_counter()
     values = criteria.collect(sweep, X, seed=seed)
     h, p = criteria.hopkins(X, seed=seed)
-    decision = criteria.decide(values, h, p, has_k1=True, mixed=False)
+    sse = dict(zip(sweep.ks, sweep.sse, strict=True))
+
+    def axes_gain(k: int) -> float:
+        return criteria.principal_axes_gain(X, sse[1], sse[k], k, seed=seed)
+
+    decision = criteria.decide(values, h, p, has_k1=True, mixed=False,
+                               axes_gain=axes_gain if axes else None)  # fmt: skip
     picks: dict[str, int | None] = {r: decision.picks.get(r) for r in criteria.VOTERS}
     picks["elbow"] = elbow_k(list(sweep.ks), list(sweep.sse))
     picks["auto"] = decision.k
@@ -245,6 +252,11 @@ def main() -> None:
         action="store_true",
         help="replay auto without the gap-BIC plateau rule (the BIC's vote alone, 13fda3c)",
     )
+    parser.add_argument(
+        "--no-axes",
+        action="store_true",
+        help="replay auto without the principal-axes test for k = 1 (252f729)",
+    )
     parser.add_argument("--quick", action="store_true", help="every third dataset only")
     parser.add_argument("--cache", default=DEFAULT_CACHE, help="sweep cache directory")
     parser.add_argument("--save", help="write the per-dataset results (JSON) here")
@@ -259,7 +271,8 @@ def main() -> None:
         for seed in args.seeds:
             for case in cases:
                 swept = cached_sweep(case, seed, args.cache)
-                res = evaluate(case, seed, swept, baseline=args.baseline)
+                axes = not (args.no_axes or args.baseline or args.vote_only)
+                res = evaluate(case, seed, swept, baseline=args.baseline, axes=axes)
                 results.append(res)
                 marks = " ".join(
                     f"{str(res['picks'][r]) + ('' if res['picks'][r] == case.true_k else '*'):>5}"

@@ -8,6 +8,7 @@ from custseg.criteria import (
     CRITERIA_K_MAX,
     CriteriaScorer,
     choose_auto,
+    collect,
     combine,
     criterion_picks,
     decide,
@@ -223,3 +224,18 @@ def test_issue16_gap_and_bic_plateau_beats_the_geometric_majority(k, kwargs, see
     picks = sel.details["picks"]
     assert picks["gap"] == picks["bic"] == k and picks["silhouette"] == 2
     assert "no larger k raises the gap by one SE" in sel.reason
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_elongated_blob_is_one_segment_by_its_principal_axes(seed):
+    # issue #16: against the features' bounding box the gap read one elongated 6-d Gaussian
+    # as two clusters; against a box aligned with its principal axes it is one blob
+    X = scale_features(make_clusters(600, 1, dim=6, elongation=4.0, seed=seed)[0], scaler="minmax")
+    sweep = sweep_k(X, range(1, 17), seed=seed, n_init=10, scorer=CriteriaScorer(X, seed=seed))
+    sel = choose_auto(sweep, X, seed=seed)
+    assert sel.chosen_k == 1, sel.reason
+    assert "one blob" in sel.reason and "principal axes" in sel.reason
+    assert sel.details["axes_gap_gain_over_k1"] <= 0 < sel.details["gap_gain_over_k1"]
+    values = collect(sweep, X, seed=seed)
+    h, p = hopkins(X, seed=seed)
+    assert decide(values, h, p, has_k1=True, mixed=False).k >= 2  # the box reference alone
