@@ -36,8 +36,8 @@ DOC_MD = """
 
 Segments customers by the chosen features (numbers; text columns with few values one-hot
 encoded as categories) with K-Means: a sweep over k, k chosen by
-`select` (`auto`: silhouette, Calinski-Harabasz, Davies-Bouldin and gap vote, checked on
-resamples; `elbow`: the knee of the SSE curve), the final model fit at that k on every row.
+`select` (`auto`: silhouette, Calinski-Harabasz, Davies-Bouldin, gap and BIC vote, checked
+on resamples; `elbow`: the knee of the SSE curve), the final model fit at that k on every row.
 The pipeline is one list of steps (`custseg.pipeline.STEPS`); this DAG runs one task per step:
 
 1. **load_data_task** - validates the params (every key of the trigger conf must be an

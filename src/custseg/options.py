@@ -115,8 +115,8 @@ class PipelineConfig:
     )  # fmt: skip
     select: str = option(
         "auto", kind="str", choices=SELECTIONS, title="Choice of k", section="Model",
-        help="how k is chosen: auto (silhouette, Calinski-Harabasz, Davies-Bouldin and gap "
-        "vote, checked on resamples) or elbow (the knee of the SSE curve, kneed)",
+        help="how k is chosen: auto (silhouette, Calinski-Harabasz, Davies-Bouldin, gap and "
+        "BIC vote, checked on resamples) or elbow (the knee of the SSE curve, kneed)",
     )  # fmt: skip
     seed: int = option(
         42, kind="int", minimum=0, maximum=2**32 - 1, title="Random seed", section="Model",
