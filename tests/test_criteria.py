@@ -239,3 +239,24 @@ def test_one_elongated_blob_is_one_segment_by_its_principal_axes(seed):
     values = collect(sweep, X, seed=seed)
     h, p = hopkins(X, seed=seed)
     assert decide(values, h, p, has_k1=True, mixed=False).k >= 2  # the box reference alone
+
+
+def test_hopkins_uses_exact_nearest_neighbours(mall_csv):
+    from sklearn.neighbors import NearestNeighbors
+    from sklearn.preprocessing import MinMaxScaler
+
+    mall = pd.read_csv(mall_csv)[list(FEATURES)]
+    X = np.unique(MinMaxScaler().fit_transform(mall), axis=0)
+    h, p = hopkins(X, seed=0)
+    # the same statistic from scikit-learn's neighbours and the same random draws
+    rng = np.random.default_rng(np.random.SeedSequence([0, 3]))
+    n, d = X.shape
+    m = int(min(max(n // 10, 10), 500, n - 1))
+    uniform = rng.uniform(X.min(0), X.max(0), size=(m, d))
+    tree = NearestNeighbors(n_neighbors=2).fit(X)
+    u = tree.kneighbors(uniform, n_neighbors=1)[0][:, 0]
+    w = tree.kneighbors(X[rng.choice(n, size=m, replace=False)], n_neighbors=2)[0][:, 1]
+    s = np.concatenate([u, w]).mean()
+    want = ((u / s) ** d).sum() / (((u / s) ** d).sum() + ((w / s) ** d).sum())
+    assert h == pytest.approx(want, rel=1e-12)
+    assert 0.85 < h < 0.95 and p < 1e-9
