@@ -46,7 +46,8 @@ STABILITY_RESAMPLES = 5
 STABILITY_ROWS = 2000
 STABILITY_N_INIT = 2
 CRITERIA: tuple[str, ...] = ("silhouette", "calinski_harabasz", "davies_bouldin", "gap", "bic")
-VOTERS: tuple[str, ...] = ("silhouette", "calinski_harabasz", "davies_bouldin", "gap", "bic")
+VOTERS: tuple[str, ...] = CRITERIA
+"""Every criterion votes (the name stays apart from CRITERIA for what is scored)."""
 LOWER_IS_BETTER = frozenset({"davies_bouldin", "bic"})
 
 
@@ -88,9 +89,7 @@ class CriteriaScorer:
 
     def ref_log_w(self, k: int) -> np.ndarray:
         """log W_k of each uniform reference (scaled to the data's row count)."""
-        seeds = [self.seed * 1000 + b for b in range(len(self.refs))]
-        fits = fit_k_tables(self.refs, k, seeds=seeds, n_init=GAP_N_INIT)
-        return np.array([math.log(max(f.inertia, 1e-300)) + self.log_scale for f in fits])
+        return reference_log_w(self.refs, k, seed=self.seed, log_scale=self.log_scale)
 
     def __call__(self, k: int, labels: np.ndarray, sse: float) -> dict[str, float | None]:
         """Silhouette, CH, DB (k >= 2), gap with its standard error and BIC, for k <= `k_max`."""
@@ -103,10 +102,22 @@ class CriteriaScorer:
             out.update(label_scores(self.X, labels, self.sil_idx))
         out["bic"] = bic_diagonal(self.X[:, self.bic_cols], labels, self.bic_floor)
         if sse > 0 and self.refs:
-            ref = self.ref_log_w(k)
-            out["gap"] = float(ref.mean() - math.log(sse))
-            out["gap_sd"] = float(ref.std() * math.sqrt(1 + 1 / len(ref)))
+            out["gap"], out["gap_sd"] = gap_and_sd(self.ref_log_w(k), sse)
         return out
+
+
+def reference_log_w(refs: list[np.ndarray], k: int, *, seed: int, log_scale: float) -> np.ndarray:
+    """log W_k of each of the gap's reference tables (one K-Means fit each), plus `log_scale`
+    (log of the data's rows over a reference's) so that they compare with the data's SSE."""
+    seeds = [seed * 1000 + b for b in range(len(refs))]
+    fits = fit_k_tables(refs, k, seeds=seeds, n_init=GAP_N_INIT)
+    return np.array([math.log(max(f.inertia, 1e-300)) + log_scale for f in fits])
+
+
+def gap_and_sd(ref_log_w: np.ndarray, sse: float) -> tuple[float, float]:
+    """Tibshirani's gap at one k (mean reference log W_k minus the data's) and its s_k."""
+    gap = ref_log_w.mean() - math.log(max(sse, 1e-300))
+    return float(gap), float(ref_log_w.std() * math.sqrt(1 + 1 / len(ref_log_w)))
 
 
 def hopkins(X: np.ndarray, *, seed: int, m: int | None = None) -> tuple[float, float]:
@@ -281,10 +292,12 @@ def stability(
     ref_labels = None
     if chosen_k >= 2:
         ref_labels = fit_k(X, chosen_k, seed=seed, n_init=STABILITY_N_INIT).labels
+    parts = [X[_rng(seed, 4, r).choice(len(X), size=rows, replace=False)] for r in range(resamples)]
+    resampled = Resamples(X, parts, [bic_columns(part) for part in parts], seed, chosen_k,
+                          ref_labels)  # fmt: skip
     fits: dict[int, list[tuple[dict[str, float | None] | None, float | None]]] = {}
-    run_tasks(_resample_fits, (X, chosen_k, seed, rows, resamples, ref_labels),
-              sorted(ks, reverse=True), done=fits.__setitem__, workers=workers, rows=rows,
-              what="stability")  # fmt: skip
+    run_tasks(_resample_fits, resampled, sorted(ks, reverse=True), done=fits.__setitem__,
+              workers=workers, rows=rows, what="stability")  # fmt: skip
     found, aris = [], []
     for r in range(resamples):
         values: dict[str, dict[int, float]] = {c: {} for c in CRITERIA}
@@ -304,28 +317,38 @@ def stability(
     return Stability(agreement, tuple(found), float(np.mean(aris)) if aris else float("nan"))
 
 
+@dataclass(frozen=True)
+class Resamples:
+    """What every stability task shares: the data, its resamples (drawn once) with their BIC
+    columns, the seed, the chosen k and the full data's labels at it."""
+
+    X: np.ndarray
+    parts: list[np.ndarray]
+    bic: list[tuple[np.ndarray, np.ndarray]]
+    seed: int
+    chosen_k: int
+    ref_labels: np.ndarray | None
+
+
 def _resample_fits(
-    state: tuple[np.ndarray, int, int, int, int, np.ndarray | None], k: int
+    state: Resamples, k: int
 ) -> list[tuple[dict[str, float | None] | None, float | None]]:
     """Per resample r, the criteria of its fit at k (None with fewer than two clusters used),
     and its ARI against the full data's labels when k is the chosen k."""
-    X, chosen_k, seed, rows, resamples, ref_labels = state
-    parts = [X[_rng(seed, 4, r).choice(len(X), size=rows, replace=False)] for r in range(resamples)]
-    seeds = [seed + 7919 * (r + 1) for r in range(resamples)]
+    seeds = [state.seed + 7919 * (r + 1) for r in range(len(state.parts))]
+    fits = fit_k_tables(state.parts, k, seeds=seeds, n_init=STABILITY_N_INIT)
     out: list[tuple[dict[str, float | None] | None, float | None]] = []
-    for part, fit in zip(parts, fit_k_tables(parts, k, seeds=seeds, n_init=STABILITY_N_INIT),
-                         strict=True):  # fmt: skip
+    for part, (cols, floor), fit in zip(state.parts, state.bic, fits, strict=True):
         if len(np.unique(fit.labels)) < 2:
             out.append((None, None))
             continue
         scores: dict[str, float | None] = dict(
             label_scores(part, fit.labels, np.arange(min(len(part), SILHOUETTE_ROWS)))
         )
-        cols, floor = bic_columns(part)
         scores["bic"] = bic_diagonal(part[:, cols], fit.labels, floor)
         ari = None
-        if k == chosen_k and ref_labels is not None:
-            ari = adjusted_rand(ref_labels, nearest_center(X, fit.centers))
+        if k == state.chosen_k and state.ref_labels is not None:
+            ari = adjusted_rand(state.ref_labels, nearest_center(state.X, fit.centers))
         out.append((scores, ari))
     return out
 
@@ -400,13 +423,9 @@ def principal_axes_gain(
     refs = [
         _rng(seed, 9, b).uniform(lo, hi, size=(m, len(lo))) @ axes + mean for b in range(n_refs)
     ]
-    seeds = [seed * 1000 + b for b in range(n_refs)]
-    log_w = {kk: np.array([math.log(max(f.inertia, 1e-300)) + math.log(n / m)
-                           for f in fit_k_tables(refs, kk, seeds=seeds, n_init=GAP_N_INIT)])
-             for kk in (1, k)}  # fmt: skip
-    gap_1 = log_w[1].mean() - math.log(max(sse_1, 1e-300))
-    gap_k = log_w[k].mean() - math.log(max(sse_k, 1e-300))
-    return float(gap_k - gap_1 - log_w[k].std() * math.sqrt(1 + 1 / n_refs))
+    gap_1, _ = gap_and_sd(reference_log_w(refs, 1, seed=seed, log_scale=math.log(n / m)), sse_1)
+    gap_k, sd_k = gap_and_sd(reference_log_w(refs, k, seed=seed, log_scale=math.log(n / m)), sse_k)
+    return gap_k - gap_1 - sd_k
 
 
 def choose_auto(
@@ -444,7 +463,7 @@ def choose_auto(
     stab = stability(X, k, crit_ks, seed=seed, resamples=STABILITY_RESAMPLES)
     criteria_agreement = len(agree) / max(len(voters), 1)
     confidence = _confidence(k, criteria_agreement, stab, p)
-    reason = f"{_why(decision, agree, voters, stab)} (confidence {confidence})"
+    reason = f"{_why(decision, agree, disagree, stab)} (confidence {confidence})"
     details = {
         "confidence": confidence,
         "criteria_agreement": round(criteria_agreement, 3),
@@ -463,14 +482,13 @@ def choose_auto(
     return Selection("auto", k, reason, details)
 
 
-def _why(decision: Decision, agree: list[str], voters: dict[str, int], stab: Stability) -> str:
+def _why(decision: Decision, agree: list[str], disagree: dict[str, int], stab: Stability) -> str:
     """The decision in words: which criteria pick k, which disagree, how the resamples vote."""
     k = decision.k
     if k == 1:
         return f"no clear segment structure: {decision.one_reason or 'k_max=1'}"
-    why = f"{len(agree)} of {len(voters)} criteria pick k={k} ({', '.join(agree)})"
-    disagree = {c: kk for c, kk in voters.items() if kk != k}
-    if decision.plateau and len(agree) < len(voters):
+    why = f"{len(agree)} of {len(agree) + len(disagree)} criteria pick k={k} ({', '.join(agree)})"
+    if decision.plateau and disagree:
         why += (" (gap and BIC agree, and no larger k raises the gap by one SE: this outranks"
                 " the other criteria)")  # fmt: skip
     if disagree:

@@ -140,9 +140,7 @@ def make_clusters(
                 best, best_gap = cand, float(d.min())
         gap = best_gap
     sigma = gap / separation
-    weights = imbalance ** (-np.arange(k) / max(k - 1, 1))
-    sizes = np.maximum(2, np.floor(weights / weights.sum() * n_clustered)).astype(int)
-    sizes[0] += n_clustered - sizes.sum()
+    sizes = cluster_sizes(n_clustered, k, imbalance=imbalance, smallest=2)
     points, labels = [], []
     for c in range(k):
         z = rng.normal(size=(sizes[c], dim))
@@ -161,6 +159,15 @@ def make_clusters(
         y = np.concatenate([y, np.full(n_noise, -1)])
     order = rng.permutation(len(X))
     return X[order], y[order].astype(np.int64)
+
+
+def cluster_sizes(n: int, k: int, *, imbalance: float, smallest: int) -> np.ndarray:
+    """`n` rows shared by `k` clusters falling geometrically by the factor `imbalance` from the
+    largest to the smallest, each at least `smallest` (the rounding goes to the largest)."""
+    weights = imbalance ** (-np.arange(k) / max(k - 1, 1))
+    sizes = np.maximum(smallest, np.floor(weights / weights.sum() * n)).astype(int)
+    sizes[0] += n - sizes.sum()
+    return sizes
 
 
 def packed_centers(
@@ -202,10 +209,7 @@ def make_blobs(
     sd = rng.uniform(1.0, spread, size=k)
     sd /= sd.mean()
     centers = packed_centers(rng, sd, dim=dim, separation=separation, latent=latent)
-    weights = imbalance ** (-np.arange(k) / max(k - 1, 1))
-    n_clustered = n - int(round(noise * n))
-    sizes = np.maximum(3, np.floor(weights / weights.sum() * n_clustered)).astype(int)
-    sizes[0] += n_clustered - sizes.sum()
+    sizes = cluster_sizes(n - int(round(noise * n)), k, imbalance=imbalance, smallest=3)
     parts = zip(centers, sizes, sd, strict=True)
     X = np.concatenate([c + rng.normal(size=(m, dim)) * s for c, m, s in parts])
     y = np.repeat(np.arange(k), sizes)

@@ -532,20 +532,21 @@ def _predictions_html(metrics: dict[str, Any]) -> str:
 
 def selection_png(selection: dict[str, Any]) -> bytes:
     """Every criterion of the `auto` choice against k, scaled 0..1 (1 = best), picks marked."""
+    from custseg.criteria import normalised
+
     values = selection.get("values", {})
     picks = selection.get("picks", {})
     fig, ax = _figure((7, 4))
     styles = {"silhouette": ("#1f77b4", "o"), "calinski_harabasz": ("#2ca02c", "s"),
               "davies_bouldin": ("#9467bd", "^"), "gap": ("#ff7f0e", "D"),
               "bic": ("#8c564b", "v")}  # fmt: skip
+    scaled = normalised({c: {int(k): x for k, x in v.items()} for c, v in values.items()})
     for name, (color, marker) in styles.items():
-        v = {int(k): x for k, x in values.get(name, {}).items()}
+        v = scaled.get(name)
         if not v:
             continue
         ks = sorted(v)
         y = np.array([v[k] for k in ks], dtype=float)
-        span = float(y.max() - y.min()) or 1.0
-        y = (y.max() - y) / span if name in ("davies_bouldin", "bic") else (y - y.min()) / span
         pick = picks.get(name)
         ax.plot(ks, y, marker=marker, markersize=3, color=color, label=f"{name} (picks {pick})")
         if pick in v:
