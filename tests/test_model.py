@@ -114,8 +114,8 @@ def test_zip_without_skops_schema_and_missing_file_are_clear(tmp_path):
 
 def test_no_pickle_loading_anywhere_in_the_code():
     """No module of ours (library, DAGs, benchmarks) uses pickle, joblib, cloudpickle or dill
-    for files (joblib's loky process pool, which pickles task arguments between our own
-    processes, is the one use of joblib)."""
+    for files (joblib's loky process pool and `custseg.forked`'s multiprocessing pipe, which
+    pickle task arguments and results between our own processes, are its only uses)."""
     import re
     from pathlib import Path
 

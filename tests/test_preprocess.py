@@ -8,6 +8,7 @@ from custseg.preprocess import (
     _repeated_id_rows,
     _repeated_keys,
     count_distinct_rows,
+    minmax_scaled,
     prepare_features,
     scale_features,
 )
@@ -175,3 +176,25 @@ def test_distinct_rows_declines_continuous_data():
     Y = np.random.default_rng(6).integers(0, 5, size=(20_000, 3)).astype(float)
     d = distinct_rows(Y)
     assert d is not None and len(d.rows) == 125 and (d.rows[d.index] == Y).all()
+
+
+def test_minmax_scaled_is_sklearns_bit_for_bit(mall_csv, messy_csv):
+    """The sweep of a small table scales in NumPy (before scikit-learn is imported): the same
+    bits as the model's MinMaxScaler, fit on every row and applied to a sample."""
+    from sklearn.preprocessing import MinMaxScaler
+
+    rng = np.random.default_rng(0)
+    tables = [prepare_features(load_customers(str(p))).X for p in (mall_csv, messy_csv)]
+    wide = rng.normal(size=(500, 6)) * [1e-9, 1, 1e6, 3, 7e3, 1]
+    wide[:, 3] = 2.5  # a constant column: sklearn scales it by 1
+    wide[:, 5] = 1 + rng.integers(0, 2, 500) * 1e-17 * 8  # spread below 10 eps: also by 1
+    tables += [wide, -np.abs(rng.standard_cauchy(size=(300, 3)))]
+    for X in tables:
+        part = X[rng.choice(len(X), len(X) // 3, replace=False)]
+        frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])], copy=False)
+        scaler = MinMaxScaler().fit(frame)
+        want = scaler.transform(pd.DataFrame(part, columns=frame.columns))
+        got = minmax_scaled(X, part)
+        assert got.dtype == np.float64 and got.shape == part.shape
+        assert np.array_equal(got, want), np.abs(got - want).max()
+        assert np.array_equal(minmax_scaled(X, X), scaler.transform(frame))

@@ -269,7 +269,7 @@ def _saved_profile(run: RunDir) -> Any:
 def run_step(name: str, run_dir: str, *, ks: Sequence[int] | None = None) -> Any:
     """Run step `name` of the pipeline on the run in `run_dir`: read what it needs from the
     run directory, compute, write its artifacts and its hand-off; returns its value."""
-    from custseg.pipeline import STEP, Context
+    from custseg.pipeline import STEP, Context, write_drawn
     from custseg.rundir import run_at
     from custseg.sweep import start_workers
 
@@ -287,6 +287,8 @@ def run_step(name: str, run_dir: str, *, ks: Sequence[int] | None = None) -> Any
         if step.write is not None:
             extra = {n: inputs[n] if n in inputs else LOAD[n](run) for n in step.write_needs}
             step.write(ctx, value, **extra)
+        if step.draw is not None:
+            write_drawn(ctx, step.draw(value))
         if name in SAVE:
             SAVE[name](run, value)
     return value

@@ -297,13 +297,27 @@ def scaled_sample(
     return scaler, np.ascontiguousarray(part, dtype=np.float64)
 
 
+def sweep_sample(request: RunRequest, prepared: PreparedData, plan: SweepPlan) -> np.ndarray:
+    """`scaled_sample`'s rows, computed in NumPy alone for the default MinMax scaler (no
+    transform, no categories): sweeping a small table then needs no scikit-learn."""
+    from custseg.preprocess import minmax_scaled
+    from custseg.sweep import sample_rows
+
+    default = (request.config.scaler, request.model_transform) == ("minmax", "none")
+    if not default or prepared.categories:
+        return scaled_sample(request, prepared, plan)[1]
+    X = prepared.X
+    rows = sample_rows(len(X), size=plan.sample_size, seed=request.config.seed)
+    return np.ascontiguousarray(minmax_scaled(X, X if rows is None else X[rows]))
+
+
 def sweep(ctx: Context, prepared: PreparedData, plan: SweepPlan) -> SweepResult:
     """SSE (and, for `auto`, the per-k criteria) for each k of the plan, or of `ctx.ks`."""
     from custseg.sweep import sweep_k
 
     config = ctx.config
     ks = ctx.ks or list(plan.ks)
-    _, sample = scaled_sample(ctx.request, prepared, plan)
+    sample = sweep_sample(ctx.request, prepared, plan)
     log.info("sweep: %d ks on %d of %d rows", len(ks), len(sample), plan.n_rows)
     scorer = None
     if config.select == "auto":
@@ -347,20 +361,27 @@ def fit(ctx: Context, prepared: PreparedData, plan: SweepPlan, sweep: SweepResul
     return Fitted(selection, sweep, model, labels, summary)
 
 
-def write_fit(ctx: Context, fitted: Fitted) -> None:
+def draw_fit(fitted: Fitted) -> dict[str, bytes]:
     """`sse.csv`, `elbow.png` and (auto) `selection.png`: they need no segment ids."""
     import pandas as pd
 
     from custseg.report import elbow_png, selection_png
 
-    run, sw, sel = _run(ctx), fitted.sweep, fitted.selection
+    sw, sel = fitted.sweep, fitted.selection
     frame = pd.DataFrame({"k": sw.ks, "sse": sw.sse})
-    run.write_bytes(SSE, csv_bytes(frame, float_format="%.10g"))
-    knee = sel.details.get("knee")
-    run.write_bytes(ELBOW_PNG, elbow_png(list(sw.ks), list(sw.sse), chosen_k=sel.chosen_k,
-                                         knee=knee))  # fmt: skip
+    files = {SSE: csv_bytes(frame, float_format="%.10g")}
+    files[ELBOW_PNG] = elbow_png(list(sw.ks), list(sw.sse), chosen_k=sel.chosen_k,
+                                 knee=sel.details.get("knee"))  # fmt: skip
     if sel.method == "auto":
-        run.write_bytes(SELECTION_PNG, selection_png(sel.to_dict()))
+        files[SELECTION_PNG] = selection_png(sel.to_dict())
+    return files
+
+
+def write_drawn(ctx: Context, files: dict[str, bytes]) -> None:
+    """Write what a step's `draw` made into the run directory."""
+    run = _run(ctx)
+    for name, data in files.items():
+        run.write_bytes(name, data)
 
 
 def align(ctx: Context, fitted: Fitted) -> Segments:
@@ -743,6 +764,9 @@ class Step:
     compute: Callable[..., Any]
     write: Callable[..., None] | None = None
     write_needs: tuple[str, ...] = field(default=())
+    draw: Callable[[Any], dict[str, bytes]] | None = None
+    """Files for people made from the step's value alone (artifact name -> bytes): a pure
+    function, so a runner may run it in another process; the runner writes what it returns."""
 
 
 STEPS: tuple[Step, ...] = (
@@ -750,7 +774,7 @@ STEPS: tuple[Step, ...] = (
     Step("prepared", "data_preprocessing_task", ("table",), prepare),
     Step("plan", "plan_sweep_task", ("prepared",), plan),
     Step("sweep", "sweep_k_task", ("prepared", "plan"), sweep),
-    Step("fitted", "build_save_model_task", ("prepared", "plan", "sweep"), fit, write_fit),
+    Step("fitted", "build_save_model_task", ("prepared", "plan", "sweep"), fit, draw=draw_fit),
     Step("segments", "align_segments_task", ("fitted",), align, write_align, ("prepared",)),
     Step("profile", "profile_segments_task", ("prepared", "segments"), profile, write_profile),
     Step("summary", "load_model_task", ("fit_info", "alignment", "profile"), finish),
@@ -774,13 +798,17 @@ LATER_STACK: tuple[str, ...] = ("kneed", "custseg.model", "matplotlib.figure")
 """Imported on a thread while the sweep runs: choosing k, saving and plotting need them."""
 
 
-def _start_importing_later_stack() -> None:
-    """Import `LATER_STACK` on a thread while this one sweeps. scikit-learn (and with it
-    scipy) is imported here first: two threads initialising one package at once fail."""
+def _start_importing_later_stack(*, thread: bool = True) -> None:
+    """Import `LATER_STACK` (on a thread while this one sweeps, unless `thread` is False).
+    scikit-learn (and with it scipy) is imported here first: two threads initialising one
+    package at once fail."""
     import sklearn.cluster  # noqa: F401
     import sklearn.preprocessing  # noqa: F401
 
-    threading.Thread(target=_import_later_stack, name="custseg-imports", daemon=True).start()
+    if thread:
+        threading.Thread(target=_import_later_stack, name="custseg-imports", daemon=True).start()
+    else:
+        _import_later_stack()
 
 
 def _import_later_stack() -> None:
@@ -794,6 +822,48 @@ def _import_later_stack() -> None:
     from custseg.model import skops_io
 
     skops_io()
+
+
+OVERLAP_STEP = "sweep"
+"""The step that runs while `LATER_STACK` is imported: on a forked process when it would run
+in this one anyway (a small table), else beside an importing thread."""
+
+
+def _compute_beside_imports(step: Step, ctx: Context, inputs: dict[str, Any]) -> Any:
+    """`step`'s value, computed while this process imports `LATER_STACK`: on a forked process
+    (`custseg.forked`) when the sweep is small enough to run in one process, so the two use
+    two cores; else here, beside a thread importing (the sweep's own workers then compute)."""
+    from custseg.forked import ForkedCall, can_fork
+    from custseg.sweep import in_process_reason
+
+    plan = inputs["plan"]
+    n_ks = len(ctx.ks or plan.ks)
+    why_not = can_fork() or (None if in_process_reason(n_ks, rows=plan.sample_size)
+                             else "the sweep runs on worker processes")  # fmt: skip
+    if why_not is not None:
+        log.info("%s: computed here while a thread imports (%s)", step.name, why_not)
+        _start_importing_later_stack()
+        return step.compute(ctx, **inputs)
+    child = ForkedCall(lambda: step.compute(ctx, **inputs), what=step.name)
+    _start_importing_later_stack(thread=False)
+    return child.result()
+
+
+def _draw_apart(
+    step: Step, ctx: Context, value: Any, writer: ThreadPoolExecutor, pending: list[Future[None]]
+) -> Future[None]:
+    """Draw `step`'s files on a forked process while this one goes on to the next steps
+    (matplotlib's drawing holds the GIL: on a thread it would only take turns), and write
+    them on the writer thread; on the writer thread alone where no fork is possible."""
+    from custseg.forked import ForkedCall, can_fork
+
+    assert step.draw is not None
+    if can_fork() is not None:
+        return writer.submit(lambda: write_drawn(ctx, step.draw(value)))
+    for done in pending:  # fork with the writer thread idle, not halfway through a write
+        done.result()
+    child = ForkedCall(lambda: step.draw(value), what=f"{step.name}: drawing")
+    return writer.submit(lambda: write_drawn(ctx, child.result()))
 
 
 FAULT_AFTER = "CUSTSEG_FAULT_AFTER_STEP"
@@ -828,17 +898,21 @@ def run_in_memory(
                 for done in pending:
                     done.result()
             inputs = {n: values[n] if n in values else DERIVED[n](values) for n in step.needs}
-            values[step.name] = step.compute(ctx, **inputs)
+            if step.name == OVERLAP_STEP:
+                values[step.name] = _compute_beside_imports(step, ctx, inputs)
+            else:
+                values[step.name] = step.compute(ctx, **inputs)
             if step.name == "table":  # worker start-up overlaps preprocessing
                 start_workers(rows=values["table"].n_rows_read)
             if step.name == CREATE_RUN_AFTER:
                 del values["table"]
                 run = ctx.store.create_run(request, run_id=run_id)
                 ctx = Context(request=request, run=run, record=run.record(), progress=progress)
-                _start_importing_later_stack()
             if step.write is not None:
                 extra = {n: values[n] for n in step.write_needs}
                 pending.append(writer.submit(step.write, ctx, values[step.name], **extra))
+            if step.draw is not None:
+                pending.append(_draw_apart(step, ctx, values[step.name], writer, pending))
             if os.environ.get(FAULT_AFTER) == step.name:
                 _die_after(pending)
     summary = values["summary"]

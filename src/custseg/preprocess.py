@@ -437,3 +437,16 @@ def scale_features(X: np.ndarray, *, scaler: str) -> np.ndarray:
     if step == "passthrough":
         return X
     return step.fit_transform(X)
+
+
+def minmax_scaled(X_fit: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """`MinMaxScaler().fit(X_fit).transform(X)`, bit for bit, in NumPy alone: a small table's
+    sweep can then start before scikit-learn is imported (it takes about a second)."""
+    low = np.nanmin(X_fit, axis=0).astype(np.float64)
+    spread = np.nanmax(X_fit, axis=0).astype(np.float64) - low
+    spread[spread < 10 * np.finfo(np.float64).eps] = 1.0  # sklearn's _handle_zeros_in_scale
+    scale = np.float64(1.0) / spread
+    out = np.array(X, dtype=np.float64, copy=True)
+    out *= scale
+    out += np.float64(0.0) - low * scale
+    return out

@@ -261,6 +261,17 @@ def _no_workers_reason() -> str | None:
     return None
 
 
+def in_process_reason(n_tasks: int, *, rows: int, workers: int | None = None) -> str | None:
+    """Why `run_tasks` runs `n_tasks` tasks on `rows` rows in this process, or None when it
+    uses worker processes."""
+    why = _no_workers_reason()  # the first reason that applies is the one logged
+    if why is None and max(1, min(workers or default_workers(), n_tasks)) == 1:
+        why = "1 worker"
+    elif why is None and (n_tasks < PARALLEL_MIN_TASKS or rows < PARALLEL_MIN_ROWS):
+        why = f"small job: {n_tasks} tasks, {rows} rows"
+    return why
+
+
 def _run_chunk(task: Callable[[Any, Any], Any], state: Any, items: list[Any]) -> list[Any]:
     """Run `task(state, item)` for a chunk of items in one worker."""
     return [task(state, item) for item in items]
@@ -293,11 +304,7 @@ def run_tasks(
     """
     n = max(1, min(workers or default_workers(), len(items)))
     left = dict(enumerate(items))
-    why = _no_workers_reason()  # the first reason that applies is the one logged
-    if why is None and n == 1:
-        why = "1 worker"
-    elif why is None and (len(items) < PARALLEL_MIN_TASKS or rows < PARALLEL_MIN_ROWS):
-        why = f"small job: {len(items)} tasks, {rows} rows"
+    why = in_process_reason(len(items), rows=rows, workers=n)
     if why is None:
         log.info("%s: %d tasks on %d worker processes", what, len(items), n)
         failed = _run_in_pool(task, state, items, left, done=done, workers=n)
@@ -306,7 +313,8 @@ def run_tasks(
         log.warning("%s: %s; running the %d remaining tasks in-process", what, failed, len(left))
     else:
         log.info("%s: running in-process (%s)", what, why)
-    from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
+    if rows > SMALL_ROWS:  # scikit-learn fits: load its OpenMP so that the limit reaches it
+        from sklearn.cluster import KMeans  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):

@@ -1,0 +1,63 @@
+"""The in-memory runner (the CLI's): what it overlaps must not change what it makes."""
+
+import logging
+
+import pandas as pd
+import pytest
+
+from custseg.options import PipelineConfig
+from custseg.pipeline import run_pipeline
+
+SAME_BYTES = ("sse.csv", "elbow.png", "selection.png", "segments.png", "profile.csv",
+              "assignments.parquet", "reference.json")  # fmt: skip
+
+
+def _run(csv, out, **config):
+    summary = run_pipeline(PipelineConfig(**config), input_path=str(csv), out=str(out),
+                           run_id="r1")  # fmt: skip
+    return summary, out / "runs" / "r1"
+
+
+def test_forked_sweep_and_drawing_make_the_same_run(mall_csv, tmp_path, monkeypatch, caplog):
+    """On two cores a small table's sweep runs on a forked process while this one imports, and
+    the elbow and selection plots are drawn on another: every artifact is the same bytes as
+    when everything runs in this process."""
+    import custseg.forked
+
+    if custseg.forked.can_fork() is not None:
+        pytest.skip(f"this machine cannot fork a helper: {custseg.forked.can_fork()}")
+    caplog.set_level(logging.INFO, logger="custseg")
+    forked, forked_dir = _run(mall_csv, tmp_path / "forked")
+    said = caplog.text
+    assert "sweep: running in forked process" in said
+    assert "fitted: drawing: running in forked process" in said
+    caplog.clear()
+    monkeypatch.setattr(custseg.forked, "can_fork", lambda: "told not to (test)")
+    here, here_dir = _run(mall_csv, tmp_path / "here")
+    assert "forked process" not in caplog.text
+    assert "sweep: computed here while a thread imports (told not to (test))" in caplog.text
+    assert forked["chosen_k"] == here["chosen_k"] == 5
+    for name in SAME_BYTES:
+        assert (forked_dir / name).read_bytes() == (here_dir / name).read_bytes(), name
+    sse = pd.read_csv(forked_dir / "sse.csv")
+    assert list(sse["k"]) == list(range(1, 51)) and sse["sse"].is_monotonic_decreasing
+
+
+def test_an_error_in_the_forked_sweep_fails_the_run_and_leaves_no_promotion(
+    mall_csv, tmp_path, monkeypatch
+):
+    """The child's exception is raised in the run as if the sweep ran here: the run fails
+    before promotion, and `latest.json` is not written."""
+    import custseg.forked
+    import custseg.sweep
+
+    if custseg.forked.can_fork() is not None:
+        pytest.skip(f"this machine cannot fork a helper: {custseg.forked.can_fork()}")
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room for k=50")
+
+    monkeypatch.setattr(custseg.sweep, "sweep_k", broken)
+    with pytest.raises(MemoryError, match="no room for k=50"):
+        _run(mall_csv, tmp_path / "out")
+    assert not (tmp_path / "out" / "latest.json").exists()
