@@ -19,9 +19,9 @@ def _run(csv, out, **config):
 
 
 def test_forked_sweep_and_drawing_make_the_same_run(mall_csv, tmp_path, monkeypatch, caplog):
-    """On two cores a small table's sweep runs on a forked process while this one imports, and
-    the elbow and selection plots are drawn on another: every artifact is the same bytes as
-    when everything runs in this process."""
+    """On two cores a small table's sweep and choice of k run on a forked process, which also
+    draws the elbow and selection plots, while this one imports: every artifact is the same
+    bytes as when everything runs in this process."""
     import custseg.forked
 
     if custseg.forked.can_fork() is not None:
@@ -29,13 +29,15 @@ def test_forked_sweep_and_drawing_make_the_same_run(mall_csv, tmp_path, monkeypa
     caplog.set_level(logging.INFO, logger="custseg")
     forked, forked_dir = _run(mall_csv, tmp_path / "forked")
     said = caplog.text
-    assert "sweep: running in forked process" in said
-    assert "fitted: drawing: running in forked process" in said
+    assert said.count("forked process") == 1
+    assert "sweep and selection: running in forked process" in said
     caplog.clear()
     monkeypatch.setattr(custseg.forked, "can_fork", lambda: "told not to (test)")
     here, here_dir = _run(mall_csv, tmp_path / "here")
     assert "forked process" not in caplog.text
-    assert "sweep: computed here while a thread imports (told not to (test))" in caplog.text
+    assert "sweep and selection: computed here while a thread imports (told not to (test))" in (
+        caplog.text
+    )
     assert forked["chosen_k"] == here["chosen_k"] == 5
     for name in SAME_BYTES:
         assert (forked_dir / name).read_bytes() == (here_dir / name).read_bytes(), name
@@ -61,3 +63,25 @@ def test_an_error_in_the_forked_sweep_fails_the_run_and_leaves_no_promotion(
     with pytest.raises(MemoryError, match="no room for k=50"):
         _run(mall_csv, tmp_path / "out")
     assert not (tmp_path / "out" / "latest.json").exists()
+
+
+def test_a_small_tables_sweep_and_choice_need_no_scikit_learn(mall_csv, tmp_path):
+    """What the forked process computes needs NumPy (and kneed) alone: were scikit-learn
+    imported there, its second of imports would undo the overlap (the run would still be
+    right, only slower)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from custseg.options import PipelineConfig, RunRequest
+from custseg.pipeline import STEP, Context
+request = RunRequest(input_path={str(mall_csv)!r}, artifacts_root={str(tmp_path)!r},
+                     config=PipelineConfig())
+ctx, values = Context(request=request), {{}}
+for name in ("table", "prepared", "plan", "sweep", "selection"):
+    values[name] = STEP[name].compute(ctx, **{{n: values[n] for n in STEP[name].needs}})
+print(values["selection"].chosen_k, sorted(m for m in sys.modules if m.startswith("sklearn")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["5", "[]"]

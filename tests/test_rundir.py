@@ -74,7 +74,7 @@ def test_alignment_uses_the_reference_recorded_at_start(tmp_path, sample_csv):
     run_pipeline(PipelineConfig(k_max=6, n_init=2, select="elbow"), input_path=str(sample_csv),
                  out=str(root), run_id="meanwhile")  # fmt: skip
     assert ArtifactStore(root).latest().run_id == "meanwhile"
-    for step in ("prepared", "plan", "sweep", "fitted", "segments", "profile"):
+    for step in ("prepared", "plan", "sweep", "selection", "fitted", "segments", "profile"):
         run_step(step, run.uri)
     summary = run_step("summary", run.uri)
     metrics = run.metrics()
@@ -91,7 +91,7 @@ def test_a_retried_step_gives_the_same_result(tmp_path, sample_csv):
     run_pipeline(FAST, input_path=str(sample_csv), out=str(root), run_id="first")
     request = RunRequest(input_path=str(sample_csv), artifacts_root=str(root), config=FAST)
     run, _ = start_run(request, run_id="retried")
-    for step in ("prepared", "plan", "sweep", "fitted"):
+    for step in ("prepared", "plan", "sweep", "selection", "fitted"):
         run_step(step, run.uri)
     first = run_step("segments", run.uri)
     centers = run.load_model()[-1].cluster_centers_

@@ -236,6 +236,7 @@ SAVE: dict[str, Callable[[RunDir, Any], Any]] = {
     "prepared": RunDir.save_prepared,
     "plan": RunDir.save_plan,
     "sweep": RunDir.save_sweep,
+    "selection": RunDir.save_selection,
     "fitted": RunDir.save_fit,
 }
 LOAD: dict[str, Callable[[RunDir], Any]] = {
@@ -243,6 +244,7 @@ LOAD: dict[str, Callable[[RunDir], Any]] = {
     "prepared": RunDir.load_prepared,
     "plan": RunDir.load_plan,
     "sweep": RunDir.load_sweep,
+    "selection": RunDir.load_selection,
     "fitted": RunDir.load_fit,
     "fit_info": RunDir.fit_info,
     "segments": lambda run: _saved_segments(run),
@@ -280,7 +282,7 @@ def run_step(name: str, run_dir: str, *, ks: Sequence[int] | None = None) -> Any
         record = run.record()
         ctx = Context(request=record.request, run=run, record=record,
                       ks=None if ks is None else [int(k) for k in ks])  # fmt: skip
-        if name in ("sweep", "fitted"):  # worker start-up overlaps reading the features
+        if name in ("sweep", "selection"):  # worker start-up overlaps reading the features
             start_workers(rows=run.prepared_summary()["n_rows_used"])
         inputs = {n: LOAD[n](run) for n in step.needs}
         value = step.compute(ctx, **inputs)
@@ -288,7 +290,8 @@ def run_step(name: str, run_dir: str, *, ks: Sequence[int] | None = None) -> Any
             extra = {n: inputs[n] if n in inputs else LOAD[n](run) for n in step.write_needs}
             step.write(ctx, value, **extra)
         if step.draw is not None:
-            write_drawn(ctx, step.draw(value))
+            extra = {n: inputs[n] if n in inputs else LOAD[n](run) for n in step.draw_needs}
+            write_drawn(ctx, step.draw(value, **extra))
         if name in SAVE:
             SAVE[name](run, value)
     return value
@@ -347,6 +350,7 @@ def run_staged(
     run_step("prepared", run.uri)
     for ks in run_step("plan", run.uri).batches(batches):
         run_step("sweep", run.uri, ks=ks)
+    run_step("selection", run.uri)
     run_step("fitted", run.uri)
     run_step("segments", run.uri)
     run_step("profile", run.uri)
@@ -378,9 +382,10 @@ def sweep_task(run_dir: str, ks: Sequence[int]) -> dict[str, Any]:
 
 def fit_task(run_dir: str) -> dict[str, Any]:
     """Merge the sweep, choose k, fit the final model."""
-    fitted = run_step("fitted", run_dir)
-    k, reason = fitted.selection.chosen_k, fitted.selection.reason
+    selection = run_step("selection", run_dir)
+    k, reason = selection.chosen_k, selection.reason
     log.info("chosen k=%d: %s", k, reason)
+    run_step("fitted", run_dir)
     return {"run_dir": run_dir, "chosen_k": int(k), "reason": str(reason)}
 
 

@@ -1,14 +1,15 @@
 """The pipeline, defined once as a list of steps, and its in-memory runner (the CLI's).
 
-    load -> prepare -> plan -> sweep -> fit -> align -> profile -> finish
+    load -> prepare -> plan -> sweep -> choose -> fit -> align -> profile -> finish
 
 Each `Step` names the values it needs and the one it makes, and computes it with the core
 functions (`io`, `preprocess`, `sweep`, `select`, `model`, `report`, `drift`). What a step
-writes for people (model, plots, profile, metrics) it writes through the run's `RunDir` in
-`write`, on both runners. How values travel between steps is the runner's business:
-`run_in_memory` keeps them in memory (one process, the CLI); `custseg.orchestration.run_step`
-runs one step per Airflow task and hands values over through the run directory (its `SAVE`
-and `LOAD`). Both give the same artifacts for the same input and seed.
+writes for people (model, profile, metrics) it writes through the run's `RunDir` in `write`;
+the files it draws (plots) its `draw` makes from its value alone, and the runner writes them.
+How values travel between steps is the runner's business: `run_in_memory` keeps them in
+memory (one process, the CLI); `custseg.orchestration.run_step` runs one step per Airflow
+task and hands values over through the run directory (its `SAVE` and `LOAD`). Both give the
+same artifacts for the same input and seed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -107,8 +108,7 @@ class Fitted:
         from custseg.select import Selection
         from custseg.sweep import SweepResult
 
-        sel = dict(data["selection"])
-        selection = Selection(sel.pop("method"), int(sel.pop("chosen_k")), sel.pop("reason"), sel)
+        selection = Selection.from_dict(data["selection"])
         sw = data["sweep"]
         scores = {int(k): v for k, v in sw["scores"].items()}
         sweep = SweepResult(tuple(sw["ks"]), tuple(sw["sse"]), int(sw["n_rows"]),
@@ -328,24 +328,35 @@ def sweep(ctx: Context, prepared: PreparedData, plan: SweepPlan) -> SweepResult:
                    scorer=scorer)  # fmt: skip
 
 
-def fit(ctx: Context, prepared: PreparedData, plan: SweepPlan, sweep: SweepResult) -> Fitted:
-    """Choose k from the sweep and fit the final model at that k on every row."""
-    from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
-    from threadpoolctl import threadpool_limits
-
-    from custseg.model import fit_segments
+def select(ctx: Context, prepared: PreparedData, plan: SweepPlan, sweep: SweepResult) -> Selection:
+    """The chosen k from the sweep (and, for `auto`, its criteria and stability check), with
+    the reason and the evidence."""
     from custseg.select import choose_k
-    from custseg.sweep import fit_k, heartbeat
 
     config = ctx.config
     if list(sweep.ks) != list(plan.ks):
         raise RuntimeError(f"sweep covered ks {list(sweep.ks)}, planned {list(plan.ks)}")
-    scaler, sample = scaled_sample(ctx.request, prepared, plan)
+    sample = sweep_sample(ctx.request, prepared, plan)
     numeric = len(prepared.numeric) if prepared.categories else None
     selection = choose_k(sweep, method=config.select, X=sample, seed=config.seed,
                          numeric_columns=numeric)  # fmt: skip
+    log.info("chose k=%d (%s): %s", selection.chosen_k, selection.method, selection.reason)
+    return selection
+
+
+def fit(
+    ctx: Context, prepared: PreparedData, plan: SweepPlan, sweep: SweepResult, selection: Selection
+) -> Fitted:
+    """The final model at the chosen k, fit on every row."""
+    from sklearn.cluster import KMeans  # noqa: F401 - load OpenMP before limiting it
+    from threadpoolctl import threadpool_limits
+
+    from custseg.model import fit_segments
+    from custseg.sweep import fit_k, heartbeat
+
+    config = ctx.config
+    scaler, sample = scaled_sample(ctx.request, prepared, plan)
     k = selection.chosen_k
-    log.info("chose k=%d (%s): %s", k, selection.method, selection.reason)
     init = None
     if len(sample) < prepared.n_rows_used:  # the sweep's fit at k seeds the fit on all rows
         with threadpool_limits(limits=1):
@@ -361,13 +372,13 @@ def fit(ctx: Context, prepared: PreparedData, plan: SweepPlan, sweep: SweepResul
     return Fitted(selection, sweep, model, labels, summary)
 
 
-def draw_fit(fitted: Fitted) -> dict[str, bytes]:
-    """`sse.csv`, `elbow.png` and (auto) `selection.png`: they need no segment ids."""
+def draw_selection(selection: Selection, sweep: SweepResult) -> dict[str, bytes]:
+    """`sse.csv`, `elbow.png` and (auto) `selection.png`: they need no model."""
     import pandas as pd
 
     from custseg.report import elbow_png, selection_png
 
-    sw, sel = fitted.sweep, fitted.selection
+    sw, sel = sweep, selection
     frame = pd.DataFrame({"k": sw.ks, "sse": sw.sse})
     files = {SSE: csv_bytes(frame, float_format="%.10g")}
     files[ELBOW_PNG] = elbow_png(list(sw.ks), list(sw.sse), chosen_k=sel.chosen_k,
@@ -764,9 +775,10 @@ class Step:
     compute: Callable[..., Any]
     write: Callable[..., None] | None = None
     write_needs: tuple[str, ...] = field(default=())
-    draw: Callable[[Any], dict[str, bytes]] | None = None
-    """Files for people made from the step's value alone (artifact name -> bytes): a pure
-    function, so a runner may run it in another process; the runner writes what it returns."""
+    draw: Callable[..., dict[str, bytes]] | None = None
+    """Files for people (artifact name -> bytes) made from the step's value and `draw_needs`:
+    a pure function, so a runner may run it in another process; the runner writes them."""
+    draw_needs: tuple[str, ...] = field(default=())
 
 
 STEPS: tuple[Step, ...] = (
@@ -774,13 +786,23 @@ STEPS: tuple[Step, ...] = (
     Step("prepared", "data_preprocessing_task", ("table",), prepare),
     Step("plan", "plan_sweep_task", ("prepared",), plan),
     Step("sweep", "sweep_k_task", ("prepared", "plan"), sweep),
-    Step("fitted", "build_save_model_task", ("prepared", "plan", "sweep"), fit, draw=draw_fit),
+    Step(
+        "selection",
+        "build_save_model_task",
+        ("prepared", "plan", "sweep"),
+        select,
+        draw=draw_selection,
+        draw_needs=("sweep",),
+    ),
+    Step("fitted", "build_save_model_task", ("prepared", "plan", "sweep", "selection"), fit),
     Step("segments", "align_segments_task", ("fitted",), align, write_align, ("prepared",)),
     Step("profile", "profile_segments_task", ("prepared", "segments"), profile, write_profile),
     Step("summary", "load_model_task", ("fit_info", "alignment", "profile"), finish),
 )
 """The pipeline. A step is named after the value it makes; `fit_info` is `fitted` as JSON
-and `alignment` the alignment decision of `segments`."""
+and `alignment` the alignment decision of `segments`. Airflow runs each step as a task of its
+`task_id`; consecutive steps may share one (choosing k and the final fit: the lab's
+`build_save_model_task`)."""
 STEP = {s.name: s for s in STEPS}
 DERIVED: dict[str, Callable[[dict[str, Any]], Any]] = {
     "fit_info": lambda values: values["fitted"].to_dict(),
@@ -794,76 +816,113 @@ CREATE_RUN_AFTER = "prepared"
 # -- the in-memory runner ------------------------------------------------------------------
 
 
-LATER_STACK: tuple[str, ...] = ("kneed", "custseg.model", "matplotlib.figure")
-"""Imported on a thread while the sweep runs: choosing k, saving and plotting need them."""
+CHOICE_STACK: tuple[str, ...] = ("kneed",)
+"""What choosing k needs beyond the sweep."""
+LATER_STACK: tuple[str, ...] = ("custseg.model", "matplotlib.figure")
+"""What the final fit, saving and drawing need, after scikit-learn."""
+OVERLAPPED: tuple[str, ...] = ("sweep", "selection")
+"""The steps computed while this process imports `LATER_STACK`."""
 
 
-def _start_importing_later_stack(*, thread: bool = True) -> None:
-    """Import `LATER_STACK` (on a thread while this one sweeps, unless `thread` is False).
-    scikit-learn (and with it scipy) is imported here first: two threads initialising one
-    package at once fail."""
+def _import_stacks(*stacks: tuple[str, ...], thread: bool) -> None:
+    """Import scikit-learn, then `stacks` (on a thread if `thread`). scikit-learn (and with it
+    scipy) is imported here first: two threads initialising one package at once fail."""
     import sklearn.cluster  # noqa: F401
     import sklearn.preprocessing  # noqa: F401
 
+    names = [name for stack in stacks for name in stack]
     if thread:
-        threading.Thread(target=_import_later_stack, name="custseg-imports", daemon=True).start()
+        threading.Thread(target=_import_all, args=(names,), name="custseg-imports",
+                         daemon=True).start()  # fmt: skip
     else:
-        _import_later_stack()
+        _import_all(names)
 
 
-def _import_later_stack() -> None:
+def _import_all(names: list[str]) -> None:
     import importlib
 
-    for name in LATER_STACK:
+    for name in names:
         try:
             importlib.import_module(name)
         except ImportError:  # pragma: no cover - reported where the module is used
             return
-    from custseg.model import skops_io
+    if "custseg.model" in names:
+        from custseg.model import skops_io
 
-    skops_io()
-
-
-OVERLAP_STEP = "sweep"
-"""The step that runs while `LATER_STACK` is imported: on a forked process when it would run
-in this one anyway (a small table), else beside an importing thread."""
+        skops_io()
 
 
-def _compute_beside_imports(step: Step, ctx: Context, inputs: dict[str, Any]) -> Any:
-    """`step`'s value, computed while this process imports `LATER_STACK`: on a forked process
-    (`custseg.forked`) when the sweep is small enough to run in one process, so the two use
-    two cores; else here, beside a thread importing (the sweep's own workers then compute)."""
+def _compute_beside_imports(
+    ctx: Context, values: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, dict[str, bytes]]]:
+    """The values of `OVERLAPPED`, computed while this process imports `LATER_STACK`, and
+    the files their steps draw when they were drawn too (step name -> files).
+
+    When the sweep is small enough to run in one process, they are computed and drawn on a
+    forked process (`custseg.forked`): it needs NumPy alone (and kneed and matplotlib, which
+    it imports itself), so the two processes use two cores instead of taking turns on the
+    GIL. Otherwise here, beside a thread importing, while the sweep's own worker processes
+    compute; the runner then draws as for any step.
+    """
     from custseg.forked import ForkedCall, can_fork
     from custseg.sweep import in_process_reason
 
-    plan = inputs["plan"]
-    n_ks = len(ctx.ks or plan.ks)
-    why_not = can_fork() or (None if in_process_reason(n_ks, rows=plan.sample_size)
-                             else "the sweep runs on worker processes")  # fmt: skip
+    def compute() -> dict[str, Any]:
+        found = dict(values)
+        for name in OVERLAPPED:
+            found[name] = STEP[name].compute(ctx, **{n: found[n] for n in STEP[name].needs})
+        return {name: found[name] for name in OVERLAPPED}
+
+    def compute_and_draw() -> tuple[dict[str, Any], dict[str, dict[str, bytes]]]:
+        found = compute()
+        drawn = {}
+        for name in OVERLAPPED:
+            step = STEP[name]
+            if step.draw is not None:
+                extra = {n: found[n] if n in found else values[n] for n in step.draw_needs}
+                drawn[name] = step.draw(found[name], **extra)
+        return found, drawn
+
+    plan = values["plan"]
+    in_process = in_process_reason(len(ctx.ks or plan.ks), rows=plan.sample_size)
+    why_not = can_fork() or (None if in_process else "the sweep runs on worker processes")
     if why_not is not None:
-        log.info("%s: computed here while a thread imports (%s)", step.name, why_not)
-        _start_importing_later_stack()
-        return step.compute(ctx, **inputs)
-    child = ForkedCall(lambda: step.compute(ctx, **inputs), what=step.name)
-    _start_importing_later_stack(thread=False)
+        log.info("%s: computed here while a thread imports (%s)", " and ".join(OVERLAPPED), why_not)
+        _import_stacks(CHOICE_STACK, LATER_STACK, thread=True)
+        return compute(), {}
+    child = ForkedCall(compute_and_draw, what=" and ".join(OVERLAPPED))
+    _import_stacks(LATER_STACK, thread=False)
     return child.result()
 
 
+class _DrawnFiles:
+    """A step's files being drawn on a forked process; `result` waits and writes them."""
+
+    def __init__(self, ctx: Context, child: Any) -> None:
+        self._ctx, self._child = ctx, child
+
+    def result(self) -> None:
+        if self._child is not None:
+            child, self._child = self._child, None
+            write_drawn(self._ctx, child.result())
+
+
 def _draw_apart(
-    step: Step, ctx: Context, value: Any, writer: ThreadPoolExecutor, pending: list[Future[None]]
-) -> Future[None]:
+    step: Step, ctx: Context, value: Any, extra: dict[str, Any], writer: ThreadPoolExecutor,
+    pending: list[Any],
+) -> Any:  # fmt: skip
     """Draw `step`'s files on a forked process while this one goes on to the next steps
-    (matplotlib's drawing holds the GIL: on a thread it would only take turns), and write
-    them on the writer thread; on the writer thread alone where no fork is possible."""
+    (matplotlib's drawing holds the GIL: on a thread it would only take turns); they are
+    written when awaited. Where no fork is possible, drawn and written on the writer thread."""
     from custseg.forked import ForkedCall, can_fork
 
-    assert step.draw is not None
+    draw = step.draw
+    assert draw is not None
     if can_fork() is not None:
-        return writer.submit(lambda: write_drawn(ctx, step.draw(value)))
+        return writer.submit(lambda: write_drawn(ctx, draw(value, **extra)))
     for done in pending:  # fork with the writer thread idle, not halfway through a write
         done.result()
-    child = ForkedCall(lambda: step.draw(value), what=f"{step.name}: drawing")
-    return writer.submit(lambda: write_drawn(ctx, child.result()))
+    return _DrawnFiles(ctx, ForkedCall(lambda: draw(value, **extra), what=f"{step.name}: drawing"))
 
 
 FAULT_AFTER = "CUSTSEG_FAULT_AFTER_STEP"
@@ -871,7 +930,7 @@ FAULT_AFTER = "CUSTSEG_FAULT_AFTER_STEP"
 done, so a crash between two steps is reproduced exactly, whatever the machine's load."""
 
 
-def _die_after(pending: list[Future[None]]) -> None:
+def _die_after(pending: list[Any]) -> None:
     import signal
 
     for done in pending:
@@ -885,22 +944,27 @@ def run_in_memory(
     """Run every step in this process, values handed over in memory; returns the summary.
 
     Writing a step's artifacts (plots, model, assignments) runs on one writer thread while
-    the next step computes; the writes are awaited before the last step reads them back.
+    the next step computes; the writes are awaited before the last step reads them back. On
+    two cores a small table's sweep and choice of k, with their plots, run on a forked process
+    while this one imports what the final fit, saving and drawing need
+    (`_compute_beside_imports`).
     """
     start = time.perf_counter()
     request = customers_from_orders(request)
     ctx = Context(request=request, progress=progress)
     values: dict[str, Any] = {}
-    pending: list[Future[None]] = []
+    drawn: dict[str, dict[str, bytes]] = {}
+    pending: list[Any] = []  # writes (futures) and drawings (`_DrawnFiles`) to await
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="custseg-writer") as writer:
         for step in STEPS:
             if step is STEPS[-1]:
                 for done in pending:
                     done.result()
-            inputs = {n: values[n] if n in values else DERIVED[n](values) for n in step.needs}
-            if step.name == OVERLAP_STEP:
-                values[step.name] = _compute_beside_imports(step, ctx, inputs)
-            else:
+            if step.name == OVERLAPPED[0]:
+                found, drawn = _compute_beside_imports(ctx, values)
+                values.update(found)
+            elif step.name not in OVERLAPPED:
+                inputs = {n: values[n] if n in values else DERIVED[n](values) for n in step.needs}
                 values[step.name] = step.compute(ctx, **inputs)
             if step.name == "table":  # worker start-up overlaps preprocessing
                 start_workers(rows=values["table"].n_rows_read)
@@ -911,8 +975,11 @@ def run_in_memory(
             if step.write is not None:
                 extra = {n: values[n] for n in step.write_needs}
                 pending.append(writer.submit(step.write, ctx, values[step.name], **extra))
-            if step.draw is not None:
-                pending.append(_draw_apart(step, ctx, values[step.name], writer, pending))
+            if step.name in drawn:
+                pending.append(writer.submit(write_drawn, ctx, drawn.pop(step.name)))
+            elif step.draw is not None:
+                extra = {n: values[n] for n in step.draw_needs}
+                pending.append(_draw_apart(step, ctx, values[step.name], extra, writer, pending))
             if os.environ.get(FAULT_AFTER) == step.name:
                 _die_after(pending)
     summary = values["summary"]

@@ -59,6 +59,7 @@ _FEATURES = f"{WORK}/features.parquet"
 _PREPARED = f"{WORK}/preprocess.json"
 _PLAN = f"{WORK}/plan.json"
 _SWEEP = f"{WORK}/sweep"
+_SELECTION = f"{WORK}/selection.json"
 _FIT = f"{WORK}/fit.json"
 _FIT_MODEL = f"{WORK}/fit-model.skops"
 _LABELS = f"{WORK}/labels.parquet"
@@ -224,6 +225,16 @@ class RunDir:
             raise RuntimeError(f"{folder}: no sweep results")
         points = [p for part in parts for p in part["points"]]
         return SweepResult.from_points(points, n_rows=int(parts[0]["n_rows"]))
+
+    def save_selection(self, selection: Any) -> None:
+        """The chosen k, why, and the evidence."""
+        self.write_json(_SELECTION, selection.to_dict())
+
+    def load_selection(self) -> Any:
+        """What `save_selection` wrote."""
+        from custseg.select import Selection
+
+        return Selection.from_dict(self.read_json(_SELECTION))
 
     def save_fit(self, fitted: Any) -> None:
         """The chosen k and the final model before its ids are aligned."""

@@ -31,6 +31,13 @@ class Selection:
             **self.details,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Selection:
+        """Read back what `to_dict` wrote."""
+        details = dict(data)
+        return cls(details.pop("method"), int(details.pop("chosen_k")), details.pop("reason"),
+                   details)  # fmt: skip
+
 
 def elbow_k(ks: list[int], sse: list[float]) -> int | None:
     """The knee of the SSE curve by `kneed.KneeLocator` (convex, decreasing), or None."""
