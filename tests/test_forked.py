@@ -83,3 +83,13 @@ def test_one_core_is_a_reason_not_to_fork():
     assert out == "one core: the child would only take turns with this process"
     if len(os.sched_getaffinity(0)) >= 2:
         assert can_fork() is None
+
+
+def test_a_forked_child_runs_its_tasks_in_process():
+    """The parent's worker pool (its threads and pipes) does not exist in the child: there,
+    `run_tasks` must not submit to it, whatever the size of the job."""
+    from custseg.sweep import in_process_reason
+
+    assert in_process_reason(8, rows=5000, workers=2) is None
+    why = ForkedCall(lambda: in_process_reason(8, rows=5000, workers=2), what="t").result()
+    assert why == f"a process forked from {os.getpid()}, whose worker pool is not this one's"

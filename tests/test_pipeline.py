@@ -85,3 +85,35 @@ print(values["selection"].chosen_k, sorted(m for m in sys.modules if m.startswit
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["5", "[]"]
+
+
+def test_a_sample_scikit_learn_fits_is_not_swept_in_a_fork(tmp_path):
+    """A small job on more than `SMALL_ROWS` rows (3 ks on 2,000 customers) runs in-process
+    but on scikit-learn's K-Means, whose OpenMP threads hang in a process forked after they
+    started: this process has started them (as a test session or a notebook would), and the
+    run must still end, with the sweep here."""
+    import subprocess
+    import sys
+
+    from custseg.generate import generate_customers, write_table
+
+    csv = tmp_path / "customers.csv"
+    write_table(generate_customers(2000, segments=3, seed=1), str(csv))
+    code = f"""
+import logging, numpy as np
+from sklearn.cluster import KMeans
+KMeans(3, n_init=2, random_state=0).fit(np.random.default_rng(0).random((5000, 2)))
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+from custseg.options import PipelineConfig
+from custseg.pipeline import run_pipeline
+summary = run_pipeline(PipelineConfig(k_max=3), input_path={str(csv)!r},
+                       out={str(tmp_path / "out")!r})
+print("chosen", summary["chosen_k"])
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "chosen 3" in run.stdout
+    assert ("sweep and selection: computed here while a thread imports (2000 rows are fit by "
+            "scikit-learn, whose threads a fork loses)") in run.stderr  # fmt: skip
+    assert "sweep and selection: running in forked process" not in run.stderr
+    assert "selection: drawing: running in forked process" in run.stderr  # matplotlib alone

@@ -23,6 +23,15 @@ log = logger(__name__)
 T = TypeVar("T")
 
 
+_parent: int | None = None
+
+
+def forked_from() -> int | None:
+    """In the child of a `ForkedCall`, the pid of the process that forked it; else None. What
+    the parent started (worker pools, threads) does not exist here."""
+    return _parent
+
+
 def can_fork() -> str | None:
     """Why this process cannot fork a child for `ForkedCall`, or None when it can."""
     if not hasattr(os, "fork"):
@@ -74,6 +83,8 @@ class ForkedCall(Generic[T]):
 
 
 def _child(fn: Callable[[], Any], writer: Connection) -> None:  # pragma: no cover - child
+    global _parent
+    _parent = os.getppid()
     code = 0
     try:
         try:

@@ -830,12 +830,19 @@ def _import_stacks(*stacks: tuple[str, ...], thread: bool) -> None:
     import sklearn.cluster  # noqa: F401
     import sklearn.preprocessing  # noqa: F401
 
+    global _importer
     names = [name for stack in stacks for name in stack]
     if thread:
-        threading.Thread(target=_import_all, args=(names,), name="custseg-imports",
-                         daemon=True).start()  # fmt: skip
+        _importer = threading.Thread(target=_import_all, args=(names,), name="custseg-imports",
+                                     daemon=True)  # fmt: skip
+        _importer.start()
     else:
         _import_all(names)
+
+
+_importer: threading.Thread | None = None
+"""The thread importing, if any: a fork must wait for it (a module lock it held would stay
+locked in the child, and the child's own import of that module would wait forever)."""
 
 
 def _import_all(names: list[str]) -> None:
@@ -858,13 +865,16 @@ def _compute_beside_imports(
     """The values of `OVERLAPPED`, computed while this process imports `LATER_STACK`, and
     the files their steps draw when they were drawn too (step name -> files).
 
-    When the sweep is small enough to run in one process, they are computed and drawn on a
-    forked process (`custseg.forked`): it needs NumPy alone (and kneed and matplotlib, which
-    it imports itself), so the two processes use two cores instead of taking turns on the
-    GIL. Otherwise here, beside a thread importing, while the sweep's own worker processes
+    When the sweep is small enough to run in one process and in NumPy (`custseg.kmeans`),
+    they are computed and drawn on a forked process (`custseg.forked`): it needs NumPy alone
+    (and kneed and matplotlib, which it imports itself), so the two processes use two cores
+    instead of taking turns on the GIL. (scikit-learn's K-Means, for larger samples, runs
+    OpenMP threads, and GNU OpenMP hangs in a process forked after it started them.)
+    Otherwise here, beside a thread importing, while the sweep's own worker processes
     compute; the runner then draws as for any step.
     """
     from custseg.forked import ForkedCall, can_fork
+    from custseg.kmeans import SMALL_ROWS
     from custseg.sweep import in_process_reason
 
     def compute() -> dict[str, Any]:
@@ -884,8 +894,11 @@ def _compute_beside_imports(
         return found, drawn
 
     plan = values["plan"]
-    in_process = in_process_reason(len(ctx.ks or plan.ks), rows=plan.sample_size)
-    why_not = can_fork() or (None if in_process else "the sweep runs on worker processes")
+    why_not = can_fork()
+    if why_not is None and in_process_reason(len(ctx.ks or plan.ks), rows=plan.sample_size) is None:
+        why_not = "the sweep runs on worker processes"
+    elif why_not is None and plan.sample_size > SMALL_ROWS:  # GNU OpenMP hangs after a fork
+        why_not = f"{plan.sample_size} rows are fit by scikit-learn, whose threads a fork loses"
     if why_not is not None:
         log.info("%s: computed here while a thread imports (%s)", " and ".join(OVERLAPPED), why_not)
         _import_stacks(CHOICE_STACK, LATER_STACK, thread=True)
@@ -922,6 +935,8 @@ def _draw_apart(
         return writer.submit(lambda: write_drawn(ctx, draw(value, **extra)))
     for done in pending:  # fork with the writer thread idle, not halfway through a write
         done.result()
+    if _importer is not None:
+        _importer.join()
     return _DrawnFiles(ctx, ForkedCall(lambda: draw(value, **extra), what=f"{step.name}: drawing"))
 
 

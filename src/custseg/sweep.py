@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from custseg.errors import InputError
+from custseg.forked import forked_from
 from custseg.kmeans import SMALL_ROWS, KMeansFit, fit_kmeans_tables
 from custseg.sanitize import logger
 
@@ -258,6 +259,9 @@ def _no_workers_reason() -> str | None:
 
     if multiprocessing.current_process().daemon:
         return "daemonic processes are not allowed to have children"
+    parent = forked_from()
+    if parent is not None:
+        return f"a process forked from {parent}, whose worker pool is not this one's"
     return None
 
 
