@@ -93,3 +93,10 @@ def test_a_forked_child_runs_its_tasks_in_process():
     assert in_process_reason(8, rows=5000, workers=2) is None
     why = ForkedCall(lambda: in_process_reason(8, rows=5000, workers=2), what="t").result()
     assert why == f"a process forked from {os.getpid()}, whose worker pool is not this one's"
+
+
+def test_fork_is_used_on_linux_only(monkeypatch):
+    """On macOS system libraries are not fork-safe (Python's own multiprocessing spawns
+    there): the CLI then imports on a thread instead."""
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert can_fork() == "fork() is used on Linux only, this is darwin"

@@ -36,6 +36,8 @@ def can_fork() -> str | None:
     """Why this process cannot fork a child for `ForkedCall`, or None when it can."""
     if not hasattr(os, "fork"):
         return "no fork() on this platform"
+    if not sys.platform.startswith("linux"):  # macOS: system libraries are not fork-safe
+        return f"fork() is used on Linux only, this is {sys.platform}"
     if _usable_cores() < 2:
         return "one core: the child would only take turns with this process"
     return None
