@@ -204,13 +204,8 @@ def evaluate(
     start = time.perf_counter()
     values = criteria.collect(sweep, X, seed=seed)
     h, p = criteria.hopkins(X, seed=seed)
-    sse = dict(zip(sweep.ks, sweep.sse, strict=True))
-
-    def axes_gain(k: int) -> float:
-        return criteria.principal_axes_gain(X, sse[1], sse[k], k, seed=seed)
-
-    decision = criteria.decide(values, h, p, has_k1=True, mixed=False,
-                               axes_gain=axes_gain if axes else None)  # fmt: skip
+    axes_gain = criteria.axes_gain_of(X, sweep, seed=seed) if axes else None
+    decision = criteria.decide(values, h, p, has_k1=True, mixed=False, axes_gain=axes_gain)
     picks: dict[str, int | None] = {r: decision.picks.get(r) for r in criteria.VOTERS}
     picks["elbow"] = elbow_k(list(sweep.ks), list(sweep.sse))
     picks["auto"] = decision.k

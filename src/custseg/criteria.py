@@ -428,6 +428,13 @@ def principal_axes_gain(
     return gap_k - gap_1 - sd_k
 
 
+def axes_gain_of(X: np.ndarray, sweep: SweepResult, *, seed: int) -> Callable[[int], float]:
+    """k -> `principal_axes_gain` of X at k, from the sweep's SSE at 1 and k (`decide`'s
+    `axes_gain`)."""
+    sse = dict(zip(sweep.ks, sweep.sse, strict=True))
+    return lambda k: principal_axes_gain(X, sse[1], sse[k], k, seed=seed)
+
+
 def choose_auto(
     sweep: SweepResult, X: np.ndarray, *, seed: int, numeric_columns: int | None = None
 ) -> Selection:
@@ -450,12 +457,8 @@ def choose_auto(
     crit_ks = sorted({k for v in values.values() for k in v})
     # the elbow is computed once, on the whole swept range, and reported the same everywhere
     elbow = elbow_k(list(sweep.ks), list(sweep.sse))
-    sse = dict(zip(sweep.ks, sweep.sse, strict=True))
-
-    def axes_gain(k: int) -> float:
-        return principal_axes_gain(X, sse[1], sse[k], k, seed=seed)
-
-    decision = decide(values, h, p, has_k1=1 in sse, mixed=mixed, axes_gain=axes_gain)
+    decision = decide(values, h, p, has_k1=1 in sweep.ks, mixed=mixed,
+                      axes_gain=axes_gain_of(X, sweep, seed=seed))  # fmt: skip
     k, picks, gap_gain, axes = decision.k, decision.picks, decision.gap_gain, decision.axes_gain
     voters = {c: picks[c] for c in VOTERS if picks.get(c) is not None}
     agree = sorted(c for c, kk in voters.items() if kk == k)

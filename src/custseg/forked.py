@@ -38,16 +38,11 @@ def can_fork() -> str | None:
         return "no fork() on this platform"
     if not sys.platform.startswith("linux"):  # macOS: system libraries are not fork-safe
         return f"fork() is used on Linux only, this is {sys.platform}"
-    if _usable_cores() < 2:
+    from custseg.sweep import default_workers  # custseg.sweep imports this module
+
+    if default_workers() < 2:
         return "one core: the child would only take turns with this process"
     return None
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 class ForkedCall(Generic[T]):

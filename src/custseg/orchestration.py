@@ -286,12 +286,14 @@ def run_step(name: str, run_dir: str, *, ks: Sequence[int] | None = None) -> Any
             start_workers(rows=run.prepared_summary()["n_rows_used"])
         inputs = {n: LOAD[n](run) for n in step.needs}
         value = step.compute(ctx, **inputs)
+
+        def extra(names: tuple[str, ...]) -> dict[str, Any]:
+            return {n: inputs[n] if n in inputs else LOAD[n](run) for n in names}
+
         if step.write is not None:
-            extra = {n: inputs[n] if n in inputs else LOAD[n](run) for n in step.write_needs}
-            step.write(ctx, value, **extra)
+            step.write(ctx, value, **extra(step.write_needs))
         if step.draw is not None:
-            extra = {n: inputs[n] if n in inputs else LOAD[n](run) for n in step.draw_needs}
-            write_drawn(ctx, step.draw(value, **extra))
+            write_drawn(ctx, step.draw(value, **extra(step.draw_needs)))
         if name in SAVE:
             SAVE[name](run, value)
     return value

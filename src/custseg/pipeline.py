@@ -830,19 +830,17 @@ def _import_stacks(*stacks: tuple[str, ...], thread: bool) -> None:
     import sklearn.cluster  # noqa: F401
     import sklearn.preprocessing  # noqa: F401
 
-    global _importer
     names = [name for stack in stacks for name in stack]
     if thread:
-        _importer = threading.Thread(target=_import_all, args=(names,), name="custseg-imports",
-                                     daemon=True)  # fmt: skip
-        _importer.start()
+        threading.Thread(target=_import_all, args=(names,), name=IMPORTER,
+                         daemon=True).start()  # fmt: skip
     else:
         _import_all(names)
 
 
-_importer: threading.Thread | None = None
-"""The thread importing, if any: a fork must wait for it (a module lock it held would stay
-locked in the child, and the child's own import of that module would wait forever)."""
+IMPORTER = "custseg-imports"
+"""The importing thread's name: a fork waits for it (a module lock it held would stay locked
+in the child, and the child's own import of that module would wait forever)."""
 
 
 def _import_all(names: list[str]) -> None:
@@ -853,10 +851,9 @@ def _import_all(names: list[str]) -> None:
             importlib.import_module(name)
         except ImportError:  # pragma: no cover - reported where the module is used
             return
-    if "custseg.model" in names:
-        from custseg.model import skops_io
+    from custseg.model import skops_io  # LATER_STACK, always among `names`
 
-        skops_io()
+    skops_io()
 
 
 def _compute_beside_imports(
@@ -935,8 +932,9 @@ def _draw_apart(
         return writer.submit(lambda: write_drawn(ctx, draw(value, **extra)))
     for done in pending:  # fork with the writer thread idle, not halfway through a write
         done.result()
-    if _importer is not None:
-        _importer.join()
+    for thread in threading.enumerate():
+        if thread.name == IMPORTER:
+            thread.join()
     return _DrawnFiles(ctx, ForkedCall(lambda: draw(value, **extra), what=f"{step.name}: drawing"))
 
 

@@ -2,7 +2,7 @@
 the adjusted Rand index, nearest-centre and nearest-neighbour distances, and the Beta tail.
 
 They equal `sklearn.metrics`, `KMeans.predict`, `NearestNeighbors` and `scipy.stats.beta` to
-rounding (tests/test_kmeans.py), without those libraries' per-call overhead: the choice of k
+rounding (tests/test_scores.py), without those libraries' per-call overhead: the choice of k
 calls them about a hundred times on small tables (custseg.criteria).
 """
 
