@@ -143,3 +143,22 @@ def test_who_moved_without_an_id_column_says_why():
     old = pd.DataFrame({"segment": [0, 1]})
     moves = who_moved(old, old, None, None)
     assert moves["customers_in_both"] is None and moves["why"].startswith("no customer id")
+
+
+def test_who_moved_row_by_row_and_by_join_count_the_same():
+    """Same customers in the same order are compared row by row (no join); shuffled, they
+    are joined by id: both give the join's counts."""
+    rng = np.random.default_rng(3)
+    ids = pd.Series([f"C{i:05d}" for i in range(5000)], dtype="str")
+    old = pd.DataFrame({"CustomerID": ids, "segment": rng.integers(0, 4, 5000)})
+    new = pd.DataFrame({"CustomerID": ids, "segment": rng.integers(0, 6, 5000)})
+    shuffled = new.sample(frac=1.0, random_state=1).reset_index(drop=True).iloc[:4000]
+    assert not shuffled["CustomerID"].equals(old["CustomerID"])
+    for current in (new, shuffled):
+        both = old.merge(current, on="CustomerID", suffixes=("_old", "_new"))
+        counts = both.groupby(["segment_old", "segment_new"]).size()
+        moves = who_moved(old, current, "CustomerID", None)
+        assert moves["customers_in_both"] == len(current)
+        assert [(r["from"], r["to"], r["customers"]) for r in moves["table"]] == [
+            (int(a), int(b), int(n)) for (a, b), n in counts.items()]  # fmt: skip
+        assert moves["moved"] == int((both["segment_old"] != both["segment_new"]).sum())

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from custseg.sanitize import logger
@@ -98,12 +99,29 @@ def who_moved(
     if not id_column or id_column not in previous or id_column not in current:
         return {**out, "customers_in_both": None, "moved": None, "table": [],
                 "why": "no customer id column in both training sets"}  # fmt: skip
-    old, new = previous[[id_column, "segment"]], current[[id_column, "segment"]]
-    both = old.merge(new, on=id_column, suffixes=("_old", "_new"))
-    counts = both.groupby(["segment_old", "segment_new"]).size()
-    table = [{"from": int(a), "to": int(b), "customers": int(n)} for (a, b), n in counts.items()]
-    moved = int((both["segment_old"] != both["segment_new"]).sum())
-    return {**out, "customers_in_both": len(both), "moved": moved, "table": table}
+    before, after = _segments_of_both(previous, current, id_column)
+    width = int(max(before.max(initial=0), after.max(initial=0))) + 1
+    counts = np.bincount(before * width + after, minlength=width * width)
+    table = [{"from": int(i // width), "to": int(i % width), "customers": int(counts[i])}
+             for i in np.flatnonzero(counts)]  # fmt: skip
+    moved = int((before != after).sum())
+    return {**out, "customers_in_both": len(before), "moved": moved, "table": table}
+
+
+def _segments_of_both(
+    previous: pd.DataFrame, current: pd.DataFrame, id_column: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The old and the new segment of each customer in both tables (matched by id). A retrain
+    on the same customers in the same order is compared row by row: at 10M rows a join
+    takes seconds and 1.5 GB."""
+    old_seg = previous["segment"].to_numpy(np.int64)
+    new_seg = current["segment"].to_numpy(np.int64)
+    if previous[id_column].equals(current[id_column]):
+        return old_seg, new_seg
+    old = pd.DataFrame({id_column: previous[id_column], "segment_old": old_seg})
+    new = pd.DataFrame({id_column: current[id_column], "segment_new": new_seg})
+    both = old.merge(new, on=id_column)
+    return both["segment_old"].to_numpy(np.int64), both["segment_new"].to_numpy(np.int64)
 
 
 def moved_matrix(moves: dict[str, Any]) -> pd.DataFrame:
