@@ -117,3 +117,52 @@ print("chosen", summary["chosen_k"])
             "scikit-learn, whose threads a fork loses)") in run.stderr  # fmt: skip
     assert "sweep and selection: running in forked process" not in run.stderr
     assert "selection: drawing: running in forked process" in run.stderr  # matplotlib alone
+
+
+def test_a_large_inputs_workers_start_before_the_read_and_its_sweep_before_imports(tmp_path):
+    """An input of `EARLY_WORKERS_BYTES` or more starts the worker processes before it is
+    read, and a sweep on them is handed out before this process has imported scikit-learn
+    (a thread imports it meanwhile; choosing k waits for it): the run is the same as one
+    without the head start."""
+    import subprocess
+    import sys
+
+    from custseg.generate import generate_customers, write_table
+    from custseg.sweep import default_workers
+
+    if default_workers() < 2:
+        pytest.skip("one usable core: the sweep runs in-process")
+    csv = tmp_path / "customers.csv"
+    write_table(generate_customers(3000, segments=4, seed=2), str(csv))
+    code = """
+import logging, sys
+class Seen(logging.Handler):
+    def emit(self, record):
+        print(record.getMessage() + (" [sklearn]" if "sklearn.cluster" in sys.modules else ""))
+logging.getLogger("custseg").addHandler(Seen())
+logging.getLogger("custseg").setLevel(logging.INFO)
+import custseg.pipeline as p
+p.EARLY_WORKERS_BYTES = int(sys.argv[3])
+summary = p.run_pipeline(p.PipelineConfig(k_max=12), input_path=sys.argv[1], out=sys.argv[2],
+                         run_id="r1")
+print("chosen", summary["chosen_k"])
+"""
+    said = {}
+    for name, threshold in (("early", 1), ("late", 1 << 40)):
+        argv = [sys.executable, "-c", code, str(csv), str(tmp_path / name), str(threshold)]
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        said[name] = run.stdout.splitlines()
+    early, late = said["early"], said["late"]
+    size = csv.stat().st_size / 1e6
+    assert (
+        early[0] == f"input of {size:.1f} MB: the sweep's worker processes start before it is read"
+    )
+    assert early[1].startswith(f"read 3000 rows from {csv}")
+    assert "sweep: 12 tasks on 2 worker processes" in early  # no scikit-learn here yet
+    assert not any(line.startswith("input of") for line in late)
+    assert "sweep: 12 tasks on 2 worker processes" in late
+    assert early[-1] == late[-1] == "chosen 4"
+    for artifact in ("sse.csv", "assignments.parquet", "profile.csv"):
+        a = (tmp_path / "early" / "runs" / "r1" / artifact).read_bytes()
+        assert a == (tmp_path / "late" / "runs" / "r1" / artifact).read_bytes(), artifact

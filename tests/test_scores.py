@@ -54,3 +54,29 @@ def test_beta_sf_equals_scipy_over_the_hopkins_range():
             want = float(beta.sf(h, m, m))
             assert beta_sf(h, m, m) == pytest.approx(want, rel=1e-9, abs=1e-300), (m, h)
     assert beta_sf(0.0, 5, 5) == 1.0 and beta_sf(1.0, 5, 5) == 0.0
+
+
+def test_kept_silhouette_distances_give_the_same_bits_and_follow_the_rows(monkeypatch):
+    """Choosing k keeps the silhouette's distance blocks between labellings of the same rows:
+    every value is the fresh computation's to the bit, other rows are never scored against
+    the kept ones, and what is kept stays within `KEEP_BYTES` (least recently used out)."""
+    import custseg.scores
+    from custseg.scores import _KEPT_BLOCKS, silhouette
+
+    _KEPT_BLOCKS.clear()
+    monkeypatch.setattr(custseg.scores, "KEEP_BYTES", 2 * 2500**2 * 8)
+    rng = np.random.default_rng(5)
+    X, other, third = rng.random((2500, 3)), rng.random((2500, 3)), rng.random((2500, 2))
+    labelings = [rng.integers(0, k, 2500) for k in (2, 5, 9)]
+    for rows, kept in ((X, 1), (other, 2), (X, 2), (third, 2), (other, 2)):
+        for lab in labelings:
+            assert silhouette(rows, lab, reuse=True) == silhouette(rows, lab)
+        assert len(_KEPT_BLOCKS) == kept
+        blocks = next(reversed(_KEPT_BLOCKS.values()))
+        assert [b.shape for b in blocks] == [(1024, 2500), (1024, 2500), (452, 2500)]
+        assert blocks[0][0, 0] == 0.0
+        assert blocks[0][0, 1] == pytest.approx(np.linalg.norm(rows[0] - rows[1]), 1e-12)
+    # `other` went when `third` came, and X when `other` came back
+    assert sum(b.nbytes for v in _KEPT_BLOCKS.values() for b in v) == 2 * 2500**2 * 8
+    assert silhouette(X, labelings[1]) == pytest.approx(silhouette_score(X, labelings[1]), 1e-10)
+    _KEPT_BLOCKS.clear()

@@ -99,7 +99,7 @@ class CriteriaScorer:
         out["gap_sd"] = None
         used = len(np.unique(labels))
         if k >= 2 and 2 <= used < len(self.X):
-            out.update(label_scores(self.X, labels, self.sil_idx))
+            out.update(label_scores(self.X, labels, self.sil_idx, reuse=True))
         out["bic"] = bic_diagonal(self.X[:, self.bic_cols], labels, self.bic_floor)
         if sse > 0 and self.refs:
             out["gap"], out["gap_sd"] = gap_and_sd(self.ref_log_w(k), sse)
@@ -343,7 +343,7 @@ def _resample_fits(
             out.append((None, None))
             continue
         scores: dict[str, float | None] = dict(
-            label_scores(part, fit.labels, np.arange(min(len(part), SILHOUETTE_ROWS)))
+            label_scores(part, fit.labels, np.arange(min(len(part), SILHOUETTE_ROWS)), reuse=True)
         )
         scores["bic"] = bic_diagonal(part[:, cols], fit.labels, floor)
         ari = None

@@ -303,12 +303,18 @@ def sweep_sample(request: RunRequest, prepared: PreparedData, plan: SweepPlan) -
     from custseg.preprocess import minmax_scaled
     from custseg.sweep import sample_rows
 
-    default = (request.config.scaler, request.model_transform) == ("minmax", "none")
-    if not default or prepared.categories:
+    if not _sample_in_numpy(request, prepared):
         return scaled_sample(request, prepared, plan)[1]
     X = prepared.X
     rows = sample_rows(len(X), size=plan.sample_size, seed=request.config.seed)
     return np.ascontiguousarray(minmax_scaled(X, X if rows is None else X[rows]))
+
+
+def _sample_in_numpy(request: RunRequest, prepared: PreparedData) -> bool:
+    """Whether `sweep_sample` scales in NumPy alone (the default MinMax, no transform, no
+    categories) rather than with the model's scikit-learn preprocessor."""
+    default = (request.config.scaler, request.model_transform) == ("minmax", "none")
+    return default and not prepared.categories
 
 
 def sweep(ctx: Context, prepared: PreparedData, plan: SweepPlan) -> SweepResult:
@@ -824,18 +830,27 @@ OVERLAPPED: tuple[str, ...] = ("sweep", "selection")
 """The steps computed while this process imports `LATER_STACK`."""
 
 
-def _import_stacks(*stacks: tuple[str, ...], thread: bool) -> None:
-    """Import scikit-learn, then `stacks` (on a thread if `thread`). scikit-learn (and with it
-    scipy) is imported here first: two threads initialising one package at once fail."""
-    import sklearn.cluster  # noqa: F401
-    import sklearn.preprocessing  # noqa: F401
+SKLEARN_STACK: tuple[str, ...] = ("sklearn.cluster", "sklearn.preprocessing")
 
+
+def _import_stacks(
+    *stacks: tuple[str, ...], thread: bool, sklearn_here: bool = True
+) -> threading.Thread | None:
+    """Import scikit-learn, then `stacks` (on a thread if `thread`; returns it). scikit-learn
+    (and with it scipy) is imported here first unless `sklearn_here` is False, when the
+    caller imports nothing until the thread has ended: two threads initialising one package
+    at once fail."""
+    if sklearn_here:
+        _import_all(list(SKLEARN_STACK))
     names = [name for stack in stacks for name in stack]
-    if thread:
-        threading.Thread(target=_import_all, args=(names,), name=IMPORTER,
-                         daemon=True).start()  # fmt: skip
-    else:
+    if not sklearn_here:
+        names = [*SKLEARN_STACK, *names]
+    if not thread:
         _import_all(names)
+        return None
+    importer = threading.Thread(target=_import_all, args=(names,), name=IMPORTER, daemon=True)
+    importer.start()
+    return importer
 
 
 IMPORTER = "custseg-imports"
@@ -874,9 +889,11 @@ def _compute_beside_imports(
     from custseg.kmeans import SMALL_ROWS
     from custseg.sweep import in_process_reason
 
-    def compute() -> dict[str, Any]:
+    def compute(importer: threading.Thread | None = None) -> dict[str, Any]:
         found = dict(values)
         for name in OVERLAPPED:
+            if name != OVERLAPPED[0] and importer is not None:
+                importer.join()  # the choice fits and imports here
             found[name] = STEP[name].compute(ctx, **{n: found[n] for n in STEP[name].needs})
         return {name: found[name] for name in OVERLAPPED}
 
@@ -891,15 +908,19 @@ def _compute_beside_imports(
         return found, drawn
 
     plan = values["plan"]
+    on_workers = in_process_reason(len(ctx.ks or plan.ks), rows=plan.sample_size) is None
     why_not = can_fork()
-    if why_not is None and in_process_reason(len(ctx.ks or plan.ks), rows=plan.sample_size) is None:
+    if why_not is None and on_workers:
         why_not = "the sweep runs on worker processes"
     elif why_not is None and plan.sample_size > SMALL_ROWS:  # GNU OpenMP hangs after a fork
         why_not = f"{plan.sample_size} rows are fit by scikit-learn, whose threads a fork loses"
     if why_not is not None:
         log.info("%s: computed here while a thread imports (%s)", " and ".join(OVERLAPPED), why_not)
-        _import_stacks(CHOICE_STACK, LATER_STACK, thread=True)
-        return compute(), {}
+        # a sweep on worker processes, of a sample scaled in NumPy, imports nothing here: it
+        # starts at once, and scikit-learn is imported on the thread too
+        apart = on_workers and _sample_in_numpy(ctx.request, values["prepared"])
+        importer = _import_stacks(CHOICE_STACK, LATER_STACK, thread=True, sklearn_here=not apart)
+        return compute(importer if apart else None), {}
     child = ForkedCall(compute_and_draw, what=" and ".join(OVERLAPPED))
     _import_stacks(LATER_STACK, thread=False)
     return child.result()
@@ -951,6 +972,21 @@ def _die_after(pending: list[Any]) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+EARLY_WORKERS_BYTES = 1 << 20
+"""An input file of this size or more (about 40,000 rows of the Mall's columns as CSV) starts
+the sweep's worker processes before it is read, so that their start-up (a second of imports)
+overlaps the read: such a table is swept on them anyway (`custseg.sweep.run_tasks`)."""
+
+
+def _input_bytes(request: RunRequest) -> int:
+    """The size of the run's local input file (the order log if any), 0 when not local."""
+    path = request.transactions_path or request.input_path
+    try:
+        return os.path.getsize(path) if path and "://" not in path else 0
+    except OSError:  # reported by the load step
+        return 0
+
+
 def run_in_memory(
     request: RunRequest, *, run_id: str | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -963,6 +999,11 @@ def run_in_memory(
     (`_compute_beside_imports`).
     """
     start = time.perf_counter()
+    size = _input_bytes(request)
+    if size >= EARLY_WORKERS_BYTES:
+        log.info("input of %.1f MB: the sweep's worker processes start before it is read",
+                 size / 1e6)  # fmt: skip
+        start_workers()
     request = customers_from_orders(request)
     ctx = Context(request=request, progress=progress)
     values: dict[str, Any] = {}

@@ -8,14 +8,20 @@ calls them about a hundred times on small tables (custseg.criteria).
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
+from collections.abc import Iterable
 
 import numpy as np
 
 
-def label_scores(X: np.ndarray, labels: np.ndarray, sil_idx: np.ndarray) -> dict[str, float]:
+def label_scores(
+    X: np.ndarray, labels: np.ndarray, sil_idx: np.ndarray, *, reuse: bool = False
+) -> dict[str, float]:
     """Silhouette (on the rows `sil_idx`), Calinski-Harabasz and Davies-Bouldin of a labelling,
-    as scikit-learn's `sklearn.metrics` computes them (NumPy: no per-call overhead)."""
+    as scikit-learn's `sklearn.metrics` computes them (NumPy: no per-call overhead); `reuse`
+    keeps the silhouette's distances for the next labelling of the same rows."""
     lab = np.unique(labels, return_inverse=True)[1].ravel()
     counts = np.bincount(lab).astype(np.float64)
     centroids = np.stack([np.bincount(lab, weights=X[:, j]) for j in range(X.shape[1])], 1)
@@ -27,7 +33,7 @@ def label_scores(X: np.ndarray, labels: np.ndarray, sil_idx: np.ndarray) -> dict
     }
     sub = lab[sil_idx]
     if 2 <= len(np.unique(sub)) < len(sil_idx):
-        out["silhouette"] = silhouette(X[sil_idx], sub)
+        out["silhouette"] = silhouette(X[sil_idx], sub, reuse=reuse)
     return out  # type: ignore[return-value]
 
 
@@ -53,25 +59,20 @@ def _davies_bouldin(
     return float(np.mean(np.max((spread[:, None] + spread) / between, axis=1)))
 
 
-def silhouette(X: np.ndarray, lab: np.ndarray, *, chunk: int = 1024) -> float:
+def silhouette(X: np.ndarray, lab: np.ndarray, *, chunk: int = 1024, reuse: bool = False) -> float:
     """Mean silhouette of labels 0..k-1 (rows of a one-row cluster count 0), with the
-    distance matrix built a block of rows at a time."""
+    distance matrix built a block of rows at a time. With `reuse`, the blocks of the last
+    `X` so scored are kept (one table's, `len(X)**2` floats): choosing k scores a dozen
+    labellings of the same rows."""
     k = int(lab.max()) + 1
     counts = np.bincount(lab, minlength=k).astype(np.float64)
     onehot = np.zeros((len(X), k))
     onehot[np.arange(len(X)), lab] = 1.0
-    sq = np.einsum("ij,ij->i", X, X)
     total = 0.0
-    for start in range(0, len(X), chunk):
-        rows = slice(start, start + chunk)
-        d = X[rows] @ X.T  # one block, updated in place: memory, not arithmetic, bounds this
-        d *= -2
-        d += sq[rows, None]
-        d += sq[None, :]
-        d[np.arange(d.shape[0]), np.arange(start, start + d.shape[0])] = 0.0
-        np.maximum(d, 0, out=d)
-        sums = np.sqrt(d, out=d) @ onehot
-        own = lab[rows]
+    blocks = _distance_blocks(X, chunk, reuse=reuse)
+    for start, d in zip(range(0, len(X), chunk), blocks, strict=True):
+        sums = d @ onehot
+        own = lab[start : start + chunk]
         idx = np.arange(len(own))
         with np.errstate(divide="ignore", invalid="ignore"):
             a = sums[idx, own] / (counts[own] - 1)
@@ -81,6 +82,44 @@ def silhouette(X: np.ndarray, lab: np.ndarray, *, chunk: int = 1024) -> float:
             s = np.nan_to_num((b - a) / np.maximum(a, b))
         total += float(s.sum())
     return total / len(X)
+
+
+KEEP_BYTES = 192 * 2**20
+"""At most this much of distance blocks is kept (`silhouette(reuse=True)`): the sweep's
+4,000-row silhouette sample (122 MiB), or the stability check's five 2,000-row resamples."""
+_KEPT_BLOCKS: OrderedDict[bytes, list[np.ndarray]] = OrderedDict()
+
+
+def _distance_blocks(X: np.ndarray, chunk: int, *, reuse: bool) -> Iterable[np.ndarray]:
+    """The Euclidean distance matrix of X's rows, `chunk` rows at a time; with `reuse`, kept
+    (the least recently used tables dropped beyond `KEEP_BYTES`)."""
+    blocks = (_distance_block(X, start, chunk) for start in range(0, len(X), chunk))
+    size = len(X) ** 2 * 8
+    if not reuse or size > KEEP_BYTES:
+        return blocks
+    digest = hashlib.blake2b(X.tobytes(), digest_size=16).digest()
+    key = digest + repr((X.shape, chunk)).encode()
+    if key not in _KEPT_BLOCKS:
+        kept = sum(block.nbytes for blocks in _KEPT_BLOCKS.values() for block in blocks)
+        while kept + size > KEEP_BYTES:
+            kept -= sum(block.nbytes for block in _KEPT_BLOCKS.popitem(last=False)[1])
+        _KEPT_BLOCKS[key] = list(blocks)
+    _KEPT_BLOCKS.move_to_end(key)
+    return _KEPT_BLOCKS[key]
+
+
+def _distance_block(X: np.ndarray, start: int, chunk: int) -> np.ndarray:
+    """Distances from rows start..start+chunk to every row, updated in place: memory, not
+    arithmetic, bounds this."""
+    sq = np.einsum("ij,ij->i", X, X)
+    rows = slice(start, start + chunk)
+    d = X[rows] @ X.T
+    d *= -2
+    d += sq[rows, None]
+    d += sq[None, :]
+    d[np.arange(d.shape[0]), np.arange(start, start + d.shape[0])] = 0.0
+    np.maximum(d, 0, out=d)
+    return np.sqrt(d, out=d)
 
 
 def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
