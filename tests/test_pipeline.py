@@ -166,3 +166,33 @@ print("chosen", summary["chosen_k"])
     for artifact in ("sse.csv", "assignments.parquet", "profile.csv"):
         a = (tmp_path / "early" / "runs" / "r1" / artifact).read_bytes()
         assert a == (tmp_path / "late" / "runs" / "r1" / artifact).read_bytes(), artifact
+
+
+def test_a_failed_run_stops_the_workers_it_started_early(tmp_path):
+    """A large input that fails to load has already started the worker processes: the run
+    stops them as it fails, so the command exits at once rather than after their start-up
+    (or, in a long-lived process, leaves none idling), and writes no run."""
+    import subprocess
+    import sys
+
+    psutil = pytest.importorskip("psutil")  # noqa: F841 - used by the child
+    csv = tmp_path / "customers.csv"
+    csv.write_text("CustomerID,Annual Income (k$),Score\n" + "1,15,39\n" * 3000)
+    code = """
+import sys, psutil
+import custseg.pipeline as p
+p.EARLY_WORKERS_BYTES = 1
+try:
+    p.run_pipeline(p.PipelineConfig(), input_path=sys.argv[1], out=sys.argv[2])
+except Exception as exc:
+    print(type(exc).__name__, "|", exc)
+kids = [" ".join(c.cmdline()) for c in psutil.Process().children(recursive=True)]
+print("workers", sum("resource_tracker" not in c for c in kids))  # trackers live to the end
+"""
+    run = subprocess.run([sys.executable, "-c", code, str(csv), str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("InputError | ") and "'Spending Score (1-100)' not found" in lines[0]
+    assert lines[-1] == "workers 0"
+    assert not (tmp_path / "out" / "runs").exists()

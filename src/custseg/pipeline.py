@@ -38,7 +38,7 @@ from custseg.rundir import (
     RunRecord,
 )
 from custseg.sanitize import csv_bytes, logger
-from custseg.sweep import Progress, start_workers
+from custseg.sweep import Progress, start_workers, stop_workers
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -1004,7 +1004,20 @@ def run_in_memory(
         log.info("input of %.1f MB: the sweep's worker processes start before it is read",
                  size / 1e6)  # fmt: skip
         start_workers()
-    request = customers_from_orders(request)
+    try:
+        values = _run_steps(customers_from_orders(request), run_id=run_id, progress=progress)
+    except BaseException:
+        stop_workers()  # exit now, not once the workers have started for nothing
+        raise
+    summary = values["summary"]
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    return summary
+
+
+def _run_steps(
+    request: RunRequest, *, run_id: str | None, progress: Progress | None
+) -> dict[str, Any]:
+    """`run_in_memory`'s steps, in order: every step's value."""
     ctx = Context(request=request, progress=progress)
     values: dict[str, Any] = {}
     drawn: dict[str, dict[str, bytes]] = {}
@@ -1036,9 +1049,7 @@ def run_in_memory(
                 pending.append(_draw_apart(step, ctx, values[step.name], extra, writer, pending))
             if os.environ.get(FAULT_AFTER) == step.name:
                 _die_after(pending)
-    summary = values["summary"]
-    summary["seconds"] = round(time.perf_counter() - start, 2)
-    return summary
+    return values
 
 
 def run_pipeline(
