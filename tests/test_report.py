@@ -276,3 +276,22 @@ def test_the_report_reads_at_phone_width_in_chromium(mall_run, tmp_path):
         browser.screenshot(tmp_path / "phone.png")
     assert page["screen"] == 400 and page["page"] <= page["screen"], page
     assert page["img"] <= page["screen"] and page["boxes"] >= 3, page
+
+
+def test_a_category_columns_agreement_is_scikit_learns_adjusted_rand():
+    """The profile's agreement of a category column with the segments is the adjusted Rand
+    index over the rows where the column is given (computed in NumPy)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from custseg.report import column_profiles
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 4, 3000)
+    values = np.where(rng.random(3000) < 0.7, np.array(["a", "b", "c", "d"])[labels],
+                      rng.choice(["a", "b", "c"], 3000)).astype(object)  # fmt: skip
+    values[rng.random(3000) < 0.1] = None
+    rows = column_profiles(pd.DataFrame({"kind": values}), labels, 4, {})
+    ari = next(r for r in rows if r["statistic"] == "agreement with the segments (ARI)")
+    given = pd.notna(values)
+    expected = adjusted_rand_score(values[given].astype(str), labels[given])
+    assert 0.3 < expected < 0.9 and ari["all"] == round(expected, 3)

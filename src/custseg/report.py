@@ -274,10 +274,11 @@ def column_profiles(
 def _agreement(name: str, text: pd.Series, labels: np.ndarray) -> dict[str, Any]:
     """How far a category column and the segments tell the same story: the adjusted Rand
     index (1 = the same grouping, about 0 = unrelated), over the rows where it is given."""
-    from sklearn.metrics import adjusted_rand_score
+    from custseg.scores import adjusted_rand
 
     given = text.notna().to_numpy()
-    ari = adjusted_rand_score(text[given].astype(str), labels[given]) if given.any() else np.nan
+    codes = pd.factorize(text[given].astype(str))[0]
+    ari = adjusted_rand(codes, labels[given]) if given.any() else np.nan
     return {"column": name, "statistic": "agreement with the segments (ARI)",
             "clustered": False, "all": _r(ari, 3)}  # fmt: skip
 

@@ -253,3 +253,25 @@ def test_gc_removes_only_old_incomplete_runs(tmp_path, capsys, sample_csv):
     rc, stdout, _ = run_cli(capsys, "runs", "--out", out)
     assert rc == 0
     assert [ln.split()[-1] for ln in stdout.splitlines()[1:]] == ["promoted", "incomplete"]
+
+
+@pytest.mark.parametrize("dtype", [object, "string", "str"])
+def test_spreadsheet_safe_skips_only_cells_of_letters_and_digits(dtype):
+    """Cells of letters and digits alone are passed over without the slower tests; every
+    other cell is exactly `safe_cell` of it, whatever the column's string type."""
+    from custseg.sanitize import safe_cell, spreadsheet_safe
+
+    odd = ["=1+2", "+cmd", "-5", "-x", "@SUM(1)", "\tTAB", "a\x1bb", "名字1", "", "a b",
+           "C-0001", "Ab12", None]  # fmt: skip
+    cells = [f"C{i:05d}" for i in range(2000)] + odd + ["x", "=y"] * 50
+    frame = pd.DataFrame({"id": pd.Series(cells, dtype=dtype), "segment": range(len(cells))})
+    out = spreadsheet_safe(frame)
+    got = out["id"].tolist()
+    expected = [safe_cell(c) if isinstance(c, str) else c for c in cells]
+    assert [g if isinstance(g, str) else None for g in got] == [
+        e if isinstance(e, str) else None for e in expected]  # fmt: skip
+    assert got[2000:2008] == ["'=1+2", "'+cmd", "-5", "'-x", "'@SUM(1)", "'\tTAB", "a\\x1bb",
+                              "名字1"]  # fmt: skip
+    assert out["segment"].tolist() == list(range(len(cells)))
+    clean = pd.DataFrame({"id": pd.Series(cells[:2000], dtype=dtype)})
+    assert spreadsheet_safe(clean)["id"].tolist() == cells[:2000]
