@@ -100,3 +100,20 @@ def test_fork_is_used_on_linux_only(monkeypatch):
     there): the CLI then imports on a thread instead."""
     monkeypatch.setattr(sys, "platform", "darwin")
     assert can_fork() == "fork() is used on Linux only, this is darwin"
+
+
+def test_wait_for_imports_joins_the_importing_thread_and_never_itself():
+    """`wait_for_imports` returns once the `IMPORTER` thread has ended; called on that thread
+    itself it returns at once instead of joining itself."""
+    import threading
+
+    from custseg.forked import IMPORTER, wait_for_imports
+
+    wait_for_imports()  # none running: returns
+    go, seen = threading.Event(), []
+    importer = threading.Thread(target=lambda: (go.wait(), wait_for_imports(), seen.append(1)),
+                                name=IMPORTER)  # fmt: skip
+    importer.start()
+    threading.Thread(target=go.set).start()
+    wait_for_imports()
+    assert not importer.is_alive() and seen == [1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection, Pipe
@@ -24,6 +25,19 @@ T = TypeVar("T")
 
 
 _parent: int | None = None
+
+IMPORTER = "custseg-imports"
+"""The name of the thread that imports the later steps' libraries beside the sweep
+(`custseg.pipeline`). A fork waits for it (a module lock it held would stay locked in the
+child, whose own import of that module would wait forever), and so does an import of
+scikit-learn on another thread (two threads initialising one package at once fail)."""
+
+
+def wait_for_imports() -> None:
+    """Return once no `IMPORTER` thread is running (at once when there is none)."""
+    for thread in threading.enumerate():
+        if thread.name == IMPORTER and thread is not threading.current_thread():
+            thread.join()
 
 
 def forked_from() -> int | None:

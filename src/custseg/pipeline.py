@@ -848,14 +848,11 @@ def _import_stacks(
     if not thread:
         _import_all(names)
         return None
+    from custseg.forked import IMPORTER
+
     importer = threading.Thread(target=_import_all, args=(names,), name=IMPORTER, daemon=True)
     importer.start()
     return importer
-
-
-IMPORTER = "custseg-imports"
-"""The importing thread's name: a fork waits for it (a module lock it held would stay locked
-in the child, and the child's own import of that module would wait forever)."""
 
 
 def _import_all(names: list[str]) -> None:
@@ -945,7 +942,7 @@ def _draw_apart(
     """Draw `step`'s files on a forked process while this one goes on to the next steps
     (matplotlib's drawing holds the GIL: on a thread it would only take turns); they are
     written when awaited. Where no fork is possible, drawn and written on the writer thread."""
-    from custseg.forked import ForkedCall, can_fork
+    from custseg.forked import ForkedCall, can_fork, wait_for_imports
 
     draw = step.draw
     assert draw is not None
@@ -953,9 +950,7 @@ def _draw_apart(
         return writer.submit(lambda: write_drawn(ctx, draw(value, **extra)))
     for done in pending:  # fork with the writer thread idle, not halfway through a write
         done.result()
-    for thread in threading.enumerate():
-        if thread.name == IMPORTER:
-            thread.join()
+    wait_for_imports()
     return _DrawnFiles(ctx, ForkedCall(lambda: draw(value, **extra), what=f"{step.name}: drawing"))
 
 

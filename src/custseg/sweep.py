@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from custseg.errors import InputError
-from custseg.forked import forked_from
+from custseg.forked import forked_from, wait_for_imports
 from custseg.kmeans import SMALL_ROWS, KMeansFit, fit_kmeans_tables
 from custseg.sanitize import logger
 
@@ -319,6 +320,8 @@ def run_tasks(
     else:
         log.info("%s: running in-process (%s)", what, why)
     if rows > SMALL_ROWS:  # scikit-learn fits: load its OpenMP so that the limit reaches it
+        if getattr(sys.modules.get("sklearn.cluster"), "KMeans", None) is None:
+            wait_for_imports()  # a thread may be importing it (custseg.pipeline)
         from sklearn.cluster import KMeans  # noqa: F401
     from threadpoolctl import threadpool_limits
 
