@@ -196,3 +196,40 @@ print("workers", sum("resource_tracker" not in c for c in kids))  # trackers liv
     assert lines[0].startswith("InputError | ") and "'Spending Score (1-100)' not found" in lines[0]
     assert lines[-1] == "workers 0"
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_the_profiles_other_columns_by_position_are_those_matched_by_id(
+    mall_csv, messy_csv, tmp_path, monkeypatch
+):
+    """When no row was dropped the profile takes the other columns (Genre, Age) by row
+    position, checked on the ids; the result is the id match's. With dropped rows (the messy
+    file) it matches by id as before."""
+    import numpy as np
+
+    import custseg.pipeline as p
+    from custseg.options import RunRequest
+
+    by_position, taken = p._rows_in_order, []
+
+    def recorded(*args, **kwargs):
+        taken.append(by_position(*args, **kwargs))
+        return taken[-1]
+
+    for csv, dropped in ((mall_csv, False), (messy_csv, True)):
+        request = RunRequest(input_path=str(csv), artifacts_root=str(tmp_path),
+                             config=PipelineConfig())  # fmt: skip
+        ctx = p.Context(request=request)
+        table = p.STEP["table"].compute(ctx)
+        prepared = p.STEP["prepared"].compute(ctx, table=table)
+        assert (prepared.n_rows_used < table.n_rows_read) is dropped
+        labels = np.arange(prepared.n_rows_used) % 4
+        taken.clear()
+        monkeypatch.setattr(p, "_rows_in_order", recorded)
+        fast = p.profile_columns(str(csv), prepared, labels, 4)
+        assert len(taken) == 1 and (taken[0] is None) is dropped
+        monkeypatch.setattr(p, "_rows_in_order", lambda *a, **k: None)
+        assert p.profile_columns(str(csv), prepared, labels, 4) == fast
+        gender = [r for r in fast if r["column"] in ("Genre", "Gender")
+                  and r["statistic"] in ("share Female", "share Male")]  # fmt: skip
+        assert len(gender) == 2 and 0.4 < gender[0]["all"] < 0.6
+        assert sum(r["all"] for r in gender) == pytest.approx(1.0, abs=1e-3)
