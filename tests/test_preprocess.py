@@ -198,3 +198,21 @@ def test_minmax_scaled_is_sklearns_bit_for_bit(mall_csv, messy_csv):
         assert got.dtype == np.float64 and got.shape == part.shape
         assert np.array_equal(got, want), np.abs(got - want).max()
         assert np.array_equal(minmax_scaled(X, X), scaler.transform(frame))
+
+
+def test_row_codes_number_equal_rows_alike_in_order_of_first_appearance():
+    """`_row_codes` gives equal rows one code (-0.0 as 0.0), numbered in order of first
+    appearance, as a dict over the rows' tuples does; one column is its own codes. (Rows
+    with a missing feature are dropped before the final fit deduplicates.)"""
+    import numpy as np
+
+    from custseg.preprocess import _row_codes
+
+    rng = np.random.default_rng(11)
+    for shape in ((3000, 3), (3000, 1), (50, 2)):
+        X = rng.integers(-3, 4, shape).astype(np.float64)
+        X[X == 0] *= np.where(rng.random(int((X == 0).sum())) < 0.5, -1.0, 1.0)  # -0.0 too
+        seen: dict[tuple, int] = {}
+        expected = [seen.setdefault(tuple(v + 0.0 for v in row), len(seen)) for row in X.tolist()]
+        codes, m = _row_codes(X)
+        assert codes.tolist() == expected and m == len(seen) and codes.dtype == np.int64

@@ -144,6 +144,9 @@ def _row_codes(X: np.ndarray) -> tuple[np.ndarray, int]:
     m = 1
     for j in range(X.shape[1]):
         col, uniques = pd.factorize(np.ascontiguousarray(X[:, j], dtype=np.float64) + 0.0)
+        if j == 0:  # already the first column's codes: combining with nothing changes none
+            codes, m = col.astype(np.int64, copy=False), len(uniques)
+            continue
         codes, combined = pd.factorize(codes * len(uniques) + col)
         m = len(combined)
     return codes, m
