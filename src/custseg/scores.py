@@ -61,9 +61,8 @@ def _davies_bouldin(
 
 def silhouette(X: np.ndarray, lab: np.ndarray, *, chunk: int = 1024, reuse: bool = False) -> float:
     """Mean silhouette of labels 0..k-1 (rows of a one-row cluster count 0), with the
-    distance matrix built a block of rows at a time. With `reuse`, the blocks of the last
-    `X` so scored are kept (one table's, `len(X)**2` floats): choosing k scores a dozen
-    labellings of the same rows."""
+    distance matrix built a block of rows at a time. With `reuse`, the blocks are kept for
+    the next labelling of the same rows (`_distance_blocks`): choosing k scores a dozen."""
     k = int(lab.max()) + 1
     counts = np.bincount(lab, minlength=k).astype(np.float64)
     onehot = np.zeros((len(X), k))
@@ -100,7 +99,7 @@ def _distance_blocks(X: np.ndarray, chunk: int, *, reuse: bool) -> Iterable[np.n
     digest = hashlib.blake2b(X.tobytes(), digest_size=16).digest()
     key = digest + repr((X.shape, chunk)).encode()
     if key not in _KEPT_BLOCKS:
-        kept = sum(block.nbytes for blocks in _KEPT_BLOCKS.values() for block in blocks)
+        kept = sum(block.nbytes for table in _KEPT_BLOCKS.values() for block in table)
         while kept + size > KEEP_BYTES:
             kept -= sum(block.nbytes for block in _KEPT_BLOCKS.popitem(last=False)[1])
         _KEPT_BLOCKS[key] = list(blocks)
