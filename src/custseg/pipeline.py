@@ -852,17 +852,16 @@ SKLEARN_STACK: tuple[str, ...] = ("sklearn.cluster", "sklearn.preprocessing")
 
 
 def _import_stacks(
-    *stacks: tuple[str, ...], thread: bool, sklearn_here: bool = True
+    *stacks: tuple[str, ...], thread: bool, first: tuple[str, ...] = SKLEARN_STACK
 ) -> threading.Thread | None:
-    """Import scikit-learn, then `stacks` (on a thread if `thread`; returns it). scikit-learn
-    (and with it scipy) is imported here first unless `sklearn_here` is False, when the
-    caller imports nothing until the thread has ended: two threads initialising one package
-    at once fail."""
-    if sklearn_here:
-        _import_all(list(SKLEARN_STACK))
+    """Import `first` here, then `stacks` (on a thread if `thread`; returns it). scikit-learn
+    (and with it scipy) comes first unless the caller imports nothing until the thread has
+    ended and passes it among `stacks`: two threads initialising one package at once fail."""
+    import importlib
+
+    for name in first:
+        importlib.import_module(name)
     names = [name for stack in stacks for name in stack]
-    if not sklearn_here:
-        names = [*SKLEARN_STACK, *names]
     if not thread:
         _import_all(names)
         return None
@@ -933,9 +932,11 @@ def _compute_beside_imports(
         log.info("%s: computed here while a thread imports (%s)", " and ".join(OVERLAPPED), why_not)
         # a sweep on worker processes, of a sample scaled in NumPy, imports nothing here: it
         # starts at once, and scikit-learn is imported on the thread too
-        apart = on_workers and _sample_in_numpy(ctx.request, values["prepared"])
-        importer = _import_stacks(CHOICE_STACK, LATER_STACK, thread=True, sklearn_here=not apart)
-        return compute(importer if apart else None), {}
+        if on_workers and _sample_in_numpy(ctx.request, values["prepared"]):
+            stacks = (SKLEARN_STACK, CHOICE_STACK, LATER_STACK)
+            return compute(_import_stacks(*stacks, thread=True, first=())), {}
+        _import_stacks(CHOICE_STACK, LATER_STACK, thread=True)
+        return compute(), {}
     child = ForkedCall(compute_and_draw, what=" and ".join(OVERLAPPED))
     _import_stacks(LATER_STACK, thread=False)
     return child.result()
@@ -993,9 +994,13 @@ overlaps the read: such a table is swept on them anyway (`custseg.sweep.run_task
 
 def _input_bytes(request: RunRequest) -> int:
     """The size of the run's local input file (the order log if any), 0 when not local."""
+    from custseg import storage
+
     path = request.transactions_path or request.input_path
+    if not path or storage.is_remote(path):
+        return 0
     try:
-        return os.path.getsize(path) if path and "://" not in path else 0
+        return os.path.getsize(storage.local_path(path))
     except OSError:  # reported by the load step
         return 0
 

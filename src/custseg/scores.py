@@ -92,7 +92,8 @@ _KEPT_BLOCKS: OrderedDict[bytes, list[np.ndarray]] = OrderedDict()
 def _distance_blocks(X: np.ndarray, chunk: int, *, reuse: bool) -> Iterable[np.ndarray]:
     """The Euclidean distance matrix of X's rows, `chunk` rows at a time; with `reuse`, kept
     (the least recently used tables dropped beyond `KEEP_BYTES`)."""
-    blocks = (_distance_block(X, start, chunk) for start in range(0, len(X), chunk))
+    sq = np.einsum("ij,ij->i", X, X)
+    blocks = (_distance_block(X, sq, start, chunk) for start in range(0, len(X), chunk))
     size = len(X) ** 2 * 8
     if not reuse or size > KEEP_BYTES:
         return blocks
@@ -107,10 +108,9 @@ def _distance_blocks(X: np.ndarray, chunk: int, *, reuse: bool) -> Iterable[np.n
     return _KEPT_BLOCKS[key]
 
 
-def _distance_block(X: np.ndarray, start: int, chunk: int) -> np.ndarray:
-    """Distances from rows start..start+chunk to every row, updated in place: memory, not
-    arithmetic, bounds this."""
-    sq = np.einsum("ij,ij->i", X, X)
+def _distance_block(X: np.ndarray, sq: np.ndarray, start: int, chunk: int) -> np.ndarray:
+    """Distances from rows start..start+chunk to every row (`sq`: each row's squared norm),
+    updated in place: memory, not arithmetic, bounds this."""
     rows = slice(start, start + chunk)
     d = X[rows] @ X.T
     d *= -2

@@ -248,8 +248,6 @@ def start_workers(*, rows: int | None = None, workers: int | None = None) -> Non
 def stop_workers() -> None:
     """Stop the worker processes now (they also stop when idle for WORKER_IDLE_SECONDS, or
     when this process exits)."""
-    import sys
-
     reusable_executor = sys.modules.get("joblib.externals.loky.reusable_executor")
     if reusable_executor is not None and reusable_executor._executor is not None:
         reusable_executor._executor.shutdown(wait=True, kill_workers=True)
